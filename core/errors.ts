@@ -1,0 +1,110 @@
+/**
+ * Typed errors for every failure the trust core can report.
+ *
+ * One base class, a stable `code` per failure kind, and a fixed split between terminal failures
+ * (bad evidence, bad token, policy denial: recorded and answered, never retried) and transient
+ * ones (network, throttling: retried or redelivered). Messages are short and never carry key,
+ * token or evidence bytes; structured `violations` say which check failed, what was expected
+ * and what was seen, and hold only claim values (measurements, SVNs, flags), never secrets.
+ */
+
+/** Every code, with whether a retry could change the outcome. */
+const CODES = {
+  // input shape
+  ERR_INPUT_MALFORMED: { transient: false },
+  ERR_INPUT_TOO_LARGE: { transient: false },
+  ERR_MESSAGE_SCHEMA: { transient: false },
+  ERR_MESSAGE_VERSION: { transient: false },
+  // hardware evidence
+  ERR_EVIDENCE_MALFORMED: { transient: false },
+  ERR_EVIDENCE_VERSION: { transient: false },
+  ERR_EVIDENCE_SIGNATURE: { transient: false },
+  ERR_EVIDENCE_CHAIN: { transient: false },
+  ERR_EVIDENCE_UNTRUSTED_ROOT: { transient: false },
+  ERR_EVIDENCE_CERT_EXPIRED: { transient: false },
+  ERR_EVIDENCE_TCB_MISMATCH: { transient: false },
+  ERR_EVIDENCE_CHIP_MISMATCH: { transient: false },
+  ERR_EVIDENCE_REPORT_DATA: { transient: false },
+  ERR_EVIDENCE_BINDING: { transient: false },
+  ERR_EVIDENCE_UNSUPPORTED: { transient: false },
+  // MAA tokens
+  ERR_TOKEN_MALFORMED: { transient: false },
+  ERR_TOKEN_ALG: { transient: false },
+  ERR_TOKEN_KID: { transient: false },
+  ERR_TOKEN_SIGNATURE: { transient: false },
+  ERR_TOKEN_ISSUER: { transient: false },
+  ERR_TOKEN_EXPIRED: { transient: false },
+  ERR_TOKEN_NOT_YET_VALID: { transient: false },
+  ERR_TOKEN_NONCE: { transient: false },
+  ERR_TOKEN_RUNTIME_DATA: { transient: false },
+  ERR_TOKEN_CLAIMS: { transient: false },
+  ERR_JWKS_MALFORMED: { transient: false },
+  ERR_JWKS_UNAVAILABLE: { transient: true },
+  // appraisal and release policy
+  ERR_APPRAISAL_DENIED: { transient: false },
+  ERR_POLICY_MALFORMED: { transient: false },
+  ERR_POLICY_VERSION: { transient: false },
+  ERR_POLICY_DENIED: { transient: false },
+  ERR_POLICY_UNSAFE_CHANGE: { transient: false },
+  // key wrapping and release responses
+  ERR_WRAP_ALGORITHM: { transient: false },
+  ERR_WRAP_INTEGRITY: { transient: false },
+  ERR_RELEASE_RESPONSE_MALFORMED: { transient: false },
+  ERR_RELEASE_RESPONSE_SIGNATURE: { transient: false },
+  // I/O at the edges
+  ERR_IO: { transient: false },
+  ERR_NETWORK: { transient: true },
+  ERR_THROTTLED: { transient: true },
+  ERR_UPSTREAM_UNAVAILABLE: { transient: true },
+  ERR_TIMEOUT: { transient: true },
+  ERR_CONFIG: { transient: false },
+} as const satisfies Record<string, { transient: boolean }>;
+
+export type ShieldErrorCode = keyof typeof CODES;
+
+/** One failed check: which field, what the policy wanted, what the evidence said. */
+export interface Violation {
+  /** The claim, field or clause that failed, in the domain's words (`hostData`, `x-ms-sevsnpvm-vmpl`). */
+  readonly field: string;
+  readonly expected: string;
+  readonly actual: string;
+}
+
+export interface ShieldErrorOptions {
+  readonly violations?: readonly Violation[];
+  readonly cause?: unknown;
+}
+
+export class ShieldError extends Error {
+  override readonly name: string = "ShieldError";
+  readonly code: ShieldErrorCode;
+  /** True when a retry or redelivery could succeed (network, throttling, upstream 5xx). */
+  readonly transient: boolean;
+  readonly violations: readonly Violation[];
+
+  constructor(code: ShieldErrorCode, message: string, options: ShieldErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.transient = CODES[code].transient;
+    this.violations = options.violations ?? [];
+  }
+
+  /** The shape that may cross a trust boundary: code, message, violations. No stack, no cause. */
+  toJSON(): { code: ShieldErrorCode; message: string; violations?: readonly Violation[] } {
+    return this.violations.length > 0
+      ? { code: this.code, message: this.message, violations: this.violations }
+      : { code: this.code, message: this.message };
+  }
+}
+
+export function isShieldError(value: unknown): value is ShieldError {
+  return value instanceof ShieldError;
+}
+
+export function isTransientCode(code: ShieldErrorCode): boolean {
+  return CODES[code].transient;
+}
+
+export function isShieldErrorCode(value: string): value is ShieldErrorCode {
+  return Object.hasOwn(CODES, value);
+}

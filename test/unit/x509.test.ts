@@ -1,0 +1,60 @@
+import { generateKeyPairSync } from "node:crypto";
+import { describe, expect, it } from "vitest";
+import { buildCertificate, loadCertificates, readExtensions, derToPem } from "../../core/x509/certificate.js";
+import { integer, octetString, readElement, decodeOid, oid } from "../../core/x509/der.js";
+import { ShieldError } from "../../core/errors.js";
+
+describe("x509 builder and extension reader", () => {
+  const root = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const leaf = generateKeyPairSync("ec", { namedCurve: "P-384" });
+  const now = new Date("2026-01-01T00:00:00Z");
+  const later = new Date("2060-01-01T00:00:00Z");
+
+  it("builds an RSA-PSS signed CA and an ECDSA leaf that Node verifies, and reads private extensions", () => {
+    const ca = buildCertificate({
+      subject: [["CN", "Root"]],
+      issuer: [["CN", "Root"]],
+      serialNumber: 1n,
+      notBefore: now,
+      notAfter: later,
+      publicKey: root.publicKey,
+      signingKey: root.privateKey,
+      signatureAlgorithm: "rsa-pss-sha384",
+      isCa: true,
+    });
+    expect(ca.verify(root.publicKey)).toBe(true);
+    expect(ca.ca).toBe(true);
+    const cert = buildCertificate({
+      subject: [
+        ["CN", "Leaf"],
+        ["O", "Test"],
+      ],
+      issuer: [["CN", "Root"]],
+      serialNumber: 0x80n,
+      notBefore: now,
+      notAfter: later,
+      publicKey: leaf.publicKey,
+      signingKey: root.privateKey,
+      signatureAlgorithm: "rsa-pss-sha384",
+      extensions: [
+        { oid: "1.3.6.1.4.1.3704.1.3.1", value: integer(3) },
+        { oid: "1.3.6.1.4.1.3704.1.4", value: octetString(Buffer.alloc(64, 7)) },
+      ],
+    });
+    expect(cert.verify(ca.publicKey)).toBe(true);
+    expect(cert.checkIssued(ca)).toBe(true);
+    expect(new Date(cert.validTo).getUTCFullYear()).toBe(2060);
+    const ext = readExtensions(cert);
+    expect(readElement(ext.get("1.3.6.1.4.1.3704.1.3.1")!.value).value[0]).toBe(3);
+    expect(readElement(ext.get("1.3.6.1.4.1.3704.1.4")!.value).value).toEqual(Buffer.alloc(64, 7));
+    expect(loadCertificates(derToPem(cert.raw) + derToPem(ca.raw)).map((c) => c.subject)).toEqual([
+      cert.subject,
+      ca.subject,
+    ]);
+  });
+
+  it("round-trips OIDs and rejects truncated DER with a typed error", () => {
+    expect(decodeOid(readElement(oid("1.2.840.113549.1.1.10")).value)).toBe("1.2.840.113549.1.1.10");
+    expect(() => readElement(Buffer.from([0x30, 0x05, 0x01]))).toThrow(ShieldError);
+  });
+});
