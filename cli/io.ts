@@ -7,7 +7,11 @@ import { ShieldError } from "../core/errors.js";
 
 export const DEFAULT_MAX_INPUT_BYTES = 1024 * 1024;
 
-export async function readInput(path: string, what: string, maxBytes = DEFAULT_MAX_INPUT_BYTES): Promise<Buffer> {
+export async function readInput(
+  path: string,
+  what: string,
+  maxBytes = DEFAULT_MAX_INPUT_BYTES,
+): Promise<Buffer> {
   let size: number;
   try {
     const info = await stat(path);
@@ -27,12 +31,20 @@ export async function readInput(path: string, what: string, maxBytes = DEFAULT_M
   }
 }
 
-export async function readText(path: string, what: string, maxBytes = DEFAULT_MAX_INPUT_BYTES): Promise<string> {
+export async function readText(
+  path: string,
+  what: string,
+  maxBytes = DEFAULT_MAX_INPUT_BYTES,
+): Promise<string> {
   return (await readInput(path, what, maxBytes)).toString("utf8");
 }
 
 /** Parses JSON from an untrusted file; a syntax error is ERR_INPUT_MALFORMED, not a stack trace. */
-export async function readJson(path: string, what: string, maxBytes = DEFAULT_MAX_INPUT_BYTES): Promise<unknown> {
+export async function readJson(
+  path: string,
+  what: string,
+  maxBytes = DEFAULT_MAX_INPUT_BYTES,
+): Promise<unknown> {
   const text = await readText(path, what, maxBytes);
   try {
     return JSON.parse(text) as unknown;
@@ -42,15 +54,23 @@ export async function readJson(path: string, what: string, maxBytes = DEFAULT_MA
 }
 
 /** GET a JSON document with a timeout; network failures are ERR_NETWORK (exit code 3). */
-export async function fetchJson(url: string, timeoutMs = 10_000, maxBytes = DEFAULT_MAX_INPUT_BYTES): Promise<unknown> {
+export async function fetchJson(
+  url: string,
+  timeoutMs = 10_000,
+  maxBytes = DEFAULT_MAX_INPUT_BYTES,
+): Promise<unknown> {
   let response: Response;
   try {
-    response = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), headers: { accept: "application/json" } });
+    response = await fetch(url, {
+      signal: AbortSignal.timeout(timeoutMs),
+      headers: { accept: "application/json" },
+    });
   } catch (cause) {
     throw new ShieldError("ERR_NETWORK", `GET ${url} failed`, { cause });
   }
   if (response.status === 429) throw new ShieldError("ERR_THROTTLED", `GET ${url}: HTTP 429`);
-  if (response.status >= 500) throw new ShieldError("ERR_UPSTREAM_UNAVAILABLE", `GET ${url}: HTTP ${response.status}`);
+  if (response.status >= 500)
+    throw new ShieldError("ERR_UPSTREAM_UNAVAILABLE", `GET ${url}: HTTP ${response.status}`);
   if (!response.ok) throw new ShieldError("ERR_NETWORK", `GET ${url}: HTTP ${response.status}`);
   const body = Buffer.from(await response.arrayBuffer());
   if (body.length > maxBytes) throw new ShieldError("ERR_INPUT_TOO_LARGE", `GET ${url}: response too large`);
