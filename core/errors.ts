@@ -57,6 +57,7 @@ const CODES = {
   ERR_THROTTLED: { transient: true },
   ERR_UPSTREAM_UNAVAILABLE: { transient: true },
   ERR_TIMEOUT: { transient: true },
+  ERR_CONFLICT: { transient: true },
   ERR_CONFIG: { transient: false },
 } as const satisfies Record<string, { transient: boolean }>;
 
