@@ -37,7 +37,8 @@ async function calibrate(fn: Workload, targetMs: number): Promise<number> {
   let n = 1;
   for (;;) {
     const ms = await timeRound(fn, n);
-    if (ms >= targetMs / 4 || n >= 1 << 20) return Math.max(1, Math.round((n * targetMs) / Math.max(ms, 0.001)));
+    if (ms >= targetMs / 4 || n >= 1 << 20)
+      return Math.max(1, Math.round((n * targetMs) / Math.max(ms, 0.001)));
     n *= 2;
   }
 }

@@ -45,6 +45,23 @@ export function derToPem(der: Uint8Array): string {
 }
 
 /**
+ * Parses DER as exactly one certificate. Node's `X509Certificate` tries PEM before DER, and some
+ * real certificates (MAA's signing certificates embed an SGX quote that carries PEM text) would
+ * then be read as the embedded certificate instead; wrapping the DER in PEM ourselves and
+ * checking the result's bytes rules that out.
+ */
+export function certificateFromDer(der: Uint8Array): X509Certificate {
+  const cert = new X509Certificate(derToPem(der));
+  if (!cert.raw.equals(Buffer.from(der))) throw new TypeError("certificate DER did not round-trip");
+  return cert;
+}
+
+/** DER certificates start with a SEQUENCE tag; anything else is treated as PEM text. */
+function looksLikePem(bytes: Uint8Array | string): boolean {
+  return typeof bytes === "string" || bytes[0] !== 0x30;
+}
+
+/**
  * Loads one certificate from PEM or DER bytes. Throws `code` (default ERR_INPUT_MALFORMED) when
  * the bytes are not a certificate.
  */
@@ -52,11 +69,14 @@ export function loadCertificate(
   bytes: Uint8Array | string,
   code: "ERR_INPUT_MALFORMED" | "ERR_EVIDENCE_MALFORMED" | "ERR_EVIDENCE_CHAIN" = "ERR_INPUT_MALFORMED",
 ): X509Certificate {
-  const text = typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("latin1");
-  const der = text.includes("-----BEGIN CERTIFICATE-----") ? pemToDerList(text)[0] : Buffer.from(bytes);
+  const der = looksLikePem(bytes)
+    ? pemToDerList(typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("latin1"))[0]
+    : typeof bytes === "string"
+      ? undefined
+      : Buffer.from(bytes);
   if (der === undefined) throw new ShieldError(code, "no certificate found in input");
   try {
-    return new X509Certificate(der);
+    return certificateFromDer(der);
   } catch (cause) {
     throw new ShieldError(code, "input is not a valid X.509 certificate", { cause });
   }
@@ -64,8 +84,8 @@ export function loadCertificate(
 
 /** Loads every certificate of a PEM bundle (or a single DER certificate). */
 export function loadCertificates(bytes: Uint8Array | string): X509Certificate[] {
+  if (!looksLikePem(bytes)) return [loadCertificate(bytes)];
   const text = typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("latin1");
-  if (!text.includes("-----BEGIN CERTIFICATE-----")) return [loadCertificate(bytes)];
   return pemToDerList(text).map((der) => loadCertificate(der));
 }
 
@@ -216,5 +236,5 @@ export function buildCertificate(spec: CertificateSpec): X509Certificate {
       : []),
   );
   const signature = signTbs(spec.signatureAlgorithm, tbs, spec.signingKey);
-  return new X509Certificate(seq(tbs, sigAlg, bitString(signature)));
+  return certificateFromDer(seq(tbs, sigAlg, bitString(signature)));
 }

@@ -1,6 +1,12 @@
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { buildCertificate, loadCertificates, readExtensions, derToPem } from "../../core/x509/certificate.js";
+import {
+  buildCertificate,
+  loadCertificate,
+  loadCertificates,
+  readExtensions,
+  derToPem,
+} from "../../core/x509/certificate.js";
 import { integer, octetString, readElement, decodeOid, oid } from "../../core/x509/der.js";
 import { ShieldError } from "../../core/errors.js";
 
@@ -56,5 +62,37 @@ describe("x509 builder and extension reader", () => {
   it("round-trips OIDs and rejects truncated DER with a typed error", () => {
     expect(decodeOid(readElement(oid("1.2.840.113549.1.1.10")).value)).toBe("1.2.840.113549.1.1.10");
     expect(() => readElement(Buffer.from([0x30, 0x05, 0x01]))).toThrow(ShieldError);
+  });
+});
+
+describe("loadCertificate", () => {
+  it("reads DER as the certificate itself even when it embeds PEM text", () => {
+    const key = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const inner = buildCertificate({
+      subject: [["CN", "Inner"]],
+      issuer: [["CN", "Inner"]],
+      serialNumber: 2n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2027-01-01T00:00:00Z"),
+      publicKey: key.publicKey,
+      signingKey: key.privateKey,
+      signatureAlgorithm: "ecdsa-sha256",
+    });
+    // An extension whose value is PEM text, as MAA's signing certificates carry an SGX quote
+    // with the PCK chain in PEM.
+    const outer = buildCertificate({
+      subject: [["CN", "Outer"]],
+      issuer: [["CN", "Outer"]],
+      serialNumber: 3n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2027-01-01T00:00:00Z"),
+      publicKey: key.publicKey,
+      signingKey: key.privateKey,
+      signatureAlgorithm: "ecdsa-sha256",
+      extensions: [{ oid: "1.2.840.113741.1.13.1", value: octetString(Buffer.from(derToPem(inner.raw))) }],
+    });
+    const loaded = loadCertificate(outer.raw);
+    expect(loaded.subject).toContain("CN=Outer");
+    expect(loadCertificates(outer.raw)[0]!.subject).toContain("CN=Outer");
   });
 });
