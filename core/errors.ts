@@ -59,6 +59,8 @@ const CODES = {
   ERR_TIMEOUT: { transient: true },
   ERR_CONFLICT: { transient: true },
   ERR_CONFIG: { transient: false },
+  // an unexpected failure: treated as transient so it is retried, reported, and never releases
+  ERR_INTERNAL: { transient: true },
 } as const satisfies Record<string, { transient: boolean }>;
 
 export type ShieldErrorCode = keyof typeof CODES;
