@@ -6,10 +6,36 @@
  * Results, challenges and key events go to one agent at a time: on Service Bus that is the
  * session whose id is the agent id on `attestation-results`; other transports give each agent its
  * own queue. Delivery is at least once everywhere, so every receiver must be idempotent.
+ *
+ * Requests are received with peek-lock semantics as Service Bus has them: a received request is
+ * locked, not removed, until it is completed, abandoned (delivered again, its delivery count one
+ * higher) or dead-lettered; past `maxDeliveryCount` deliveries the transport dead-letters it with
+ * the reason `MaxDeliveryCountExceeded`. In Azure the Functions host does the receiving; the
+ * local transports give the embedded default's functions host the same behaviour.
+ *
+ * This module also fixes the wire form every transport shares: a body is the UTF-8 JSON text of
+ * one message, and a received body is handed on as the JSON object it encodes or, when it is not
+ * one, as the raw text, so the receiver's parser can refuse it, record it and settle it.
  */
-import type { AttestationRequest, AttestationResult, Challenge, KeyEvent } from "../messages/index.js";
+import { createHash } from "node:crypto";
+import { ShieldError } from "../errors.js";
+import {
+  IDENTIFIER_PATTERN,
+  type AttestationRequest,
+  type AttestationResult,
+  type Challenge,
+  type KeyEvent,
+} from "../messages/index.js";
 
 export type AgentMessage = AttestationResult | Challenge | KeyEvent;
+
+/** Queue names as deployed (Bicep) and as the local transports use them by default. */
+export const REQUESTS_QUEUE = "attestation-requests";
+export const RESULTS_QUEUE = "attestation-results";
+/** Service Bus's default for a queue's MaxDeliveryCount. */
+export const DEFAULT_MAX_DELIVERY_COUNT = 10;
+/** The dead-letter reason Service Bus gives a message delivered too often. */
+export const MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded";
 
 /** Functions → agents. */
 export interface AgentChannel {
@@ -19,9 +45,16 @@ export interface AgentChannel {
 
 /** A received message: its body (untrusted, unparsed) and how often it has been delivered. */
 export interface ReceivedMessage {
+  /**
+   * The JSON object the body encodes, or the body's raw text when it is not a JSON object.
+   * Untrusted: parse it with core/messages before looking inside.
+   */
   readonly body: unknown;
+  /** The transport's id for the message (for logs; Storage Queues assign their own). */
   readonly messageId: string;
+  /** 1 on the first delivery. */
   readonly deliveryCount: number;
+  readonly enqueuedAt: Date;
 }
 
 /** Agents → functions. */
@@ -32,10 +65,187 @@ export interface RequestChannel {
 /** An agent's own inbox. */
 export interface AgentInbox {
   /**
-   * Waits up to `timeoutMs` for the next message for this agent; undefined on timeout. The
-   * message is settled (removed) once the returned promise resolves: the agent processes
+   * Waits up to `timeoutMs` for the next message for this agent; undefined on timeout or when
+   * the inbox is closed while waiting. The message is settled (removed) before the promise
+   * resolves; should settling fail, the message comes again later. The agent processes
    * messages idempotently, so a crash between receive and processing costs one re-attestation.
    */
   receive(timeoutMs: number): Promise<ReceivedMessage | undefined>;
   close(): Promise<void>;
+}
+
+/** A request held under a lock until it is settled, as a Service Bus peek-lock receive gives it. */
+export interface LockedMessage extends ReceivedMessage {
+  /** Removes the message: it was handled (including a recorded refusal). */
+  complete(): Promise<void>;
+  /** Releases the lock: the message is delivered again, its delivery count one higher. */
+  abandon(): Promise<void>;
+  /** Moves the message to the dead-letter queue with a reason and a description (no secrets). */
+  deadLetter(reason: string, description: string): Promise<void>;
+  /** Extends the lock by the transport's lock duration, for handlers that run long. */
+  renewLock(): Promise<void>;
+}
+
+/** A dead-lettered message as operators and tests read it. */
+export interface DeadLetter {
+  /** As in ReceivedMessage: the JSON object, or the raw text. */
+  readonly body: unknown;
+  readonly messageId: string;
+  readonly reason: string;
+  readonly description: string;
+  /** Deliveries before it was dead-lettered. */
+  readonly deliveryCount: number;
+  readonly enqueuedAt: Date;
+  readonly deadLetteredAt: Date;
+  /**
+   * Set when the body did not fit beside the reason (Storage Queues' 64 KiB; only a foreign
+   * message can be that large): `body` is then undefined and this identifies it.
+   */
+  readonly bodyOmitted?: { readonly sha256: string; readonly bytes: number };
+}
+
+/** The request queue's receiving end, for the embedded default's local functions host. */
+export interface RequestReceiver {
+  /**
+   * Waits up to `timeoutMs` for the next request and locks it; undefined on timeout or when the
+   * receiver is closed while waiting. A request already delivered `maxDeliveryCount` times is
+   * dead-lettered (`MaxDeliveryCountExceeded`) instead of being returned.
+   */
+  receive(timeoutMs: number): Promise<LockedMessage | undefined>;
+  /** The dead-letter queue, oldest first (Storage Queues show at most the first 32). */
+  readDeadLetters(): Promise<DeadLetter[]>;
+  close(): Promise<void>;
+}
+
+/** Both ends of a local transport in one object: the embedded default and unit tests. */
+export interface LocalBus extends RequestChannel, AgentChannel {
+  openRequestReceiver(): RequestReceiver;
+  openAgentInbox(agentId: string): AgentInbox;
+  close(): Promise<void>;
+}
+
+/** Longest dead-letter reason and description kept (Service Bus allows more; nobody needs it). */
+export const DEAD_LETTER_LIMITS = { reasonChars: 128, descriptionChars: 1024 } as const;
+
+/** The message id a transport that lets the sender choose one gives a request. */
+export function requestMessageId(request: AttestationRequest): string {
+  return request.requestId;
+}
+
+/**
+ * A stable message id for a message to an agent: the same message sent twice gets the same id,
+ * so Service Bus duplicate detection (when enabled on the queue) drops the second copy and logs
+ * can pair them. The agent id is part of it because one key event goes to many agents, and
+ * because request ids are chosen by agents: one agent must not be able to make another agent's
+ * result look like a duplicate. Hashed, since the parts together can exceed Service Bus's 128
+ * characters; prefixed with the type so logs stay readable.
+ */
+export function agentMessageId(agentId: string, message: AgentMessage): string {
+  const parts: string[] = [agentId, message.type];
+  switch (message.type) {
+    case "attestation-result":
+      parts.push(message.requestId);
+      break;
+    case "challenge":
+      parts.push(message.nonce);
+      break;
+    case "key-event":
+      parts.push(message.event, message.keyName, message.keyVersion);
+      break;
+  }
+  const digest = createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 40);
+  return `${message.type}-${digest}`;
+}
+
+/**
+ * The body as sent: UTF-8 JSON of the message, refused with ERR_INPUT_TOO_LARGE above
+ * `maxBytes` (the transport's limit) so that the sender learns of it, not the receiver.
+ */
+export function serializeBody(message: object, maxBytes: number): Buffer {
+  const bytes = Buffer.from(JSON.stringify(message), "utf8");
+  if (bytes.length > maxBytes) {
+    throw new ShieldError("ERR_INPUT_TOO_LARGE", "message is too large for the bus", {
+      violations: [{ field: "body", expected: `at most ${maxBytes} bytes`, actual: `${bytes.length} bytes` }],
+    });
+  }
+  return bytes;
+}
+
+/**
+ * A received body as the port hands it on: the JSON object the text encodes, else the text
+ * itself. Text over `maxBytes` is not parsed at all (the receiver's parser refuses it by size).
+ * Never throws: a malformed body is the receiver's to record and settle.
+ */
+export function bodyFromText(text: string, maxBytes: number): unknown {
+  if (text.length > maxBytes) return text;
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === "object" && value !== null && !Array.isArray(value) ? value : text;
+  } catch {
+    return text;
+  }
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Bytes as text for `bodyFromText`; bytes that are not UTF-8 become base64 so nothing is lost. */
+export function textFromBytes(bytes: Uint8Array): string {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
+  }
+}
+
+// eslint-disable-next-line no-control-regex -- replacing control characters is the point
+const CONTROL = /[\u0000-\u001f\u007f]/g;
+
+/** A dead-letter reason and description cut to DEAD_LETTER_LIMITS, control characters removed. */
+export function clampDeadLetterText(
+  reason: string,
+  description: string,
+): { reason: string; description: string } {
+  if (typeof reason !== "string" || typeof description !== "string") {
+    throw new TypeError("deadLetter: reason and description must be strings");
+  }
+  const clean = (text: string, max: number): string => text.replace(CONTROL, " ").slice(0, max);
+  return {
+    reason: clean(reason, DEAD_LETTER_LIMITS.reasonChars),
+    description: clean(description, DEAD_LETTER_LIMITS.descriptionChars),
+  };
+}
+
+/**
+ * Checks the arguments of `sendToAgent` (caller misuse → TypeError): the agent id is a valid
+ * identifier (it becomes a session id or a queue name), and a message that names its agent
+ * names this one, so a result can never be posted to the wrong agent.
+ */
+export function checkAgentMessage(agentId: string, message: AgentMessage): void {
+  checkAgentId(agentId);
+  if (typeof message !== "object" || message === null)
+    throw new TypeError("sendToAgent: message must be an object");
+  if ("agentId" in message && message.agentId !== agentId) {
+    throw new TypeError(`sendToAgent: the ${message.type} message is addressed to another agent`);
+  }
+}
+
+export function checkAgentId(agentId: string): void {
+  if (typeof agentId !== "string" || !IDENTIFIER_PATTERN.test(agentId)) {
+    throw new TypeError(
+      "agentId must be 1..128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit",
+    );
+  }
+}
+
+export function checkRequest(request: AttestationRequest): void {
+  if (typeof request !== "object" || request === null || typeof request.requestId !== "string") {
+    throw new TypeError("sendRequest: request must be an attestation-request message");
+  }
+}
+
+/** Checks a receive timeout: a finite number of milliseconds, zero or more (caller misuse → TypeError). */
+export function checkTimeout(timeoutMs: number): void {
+  if (typeof timeoutMs !== "number" || !Number.isFinite(timeoutMs) || timeoutMs < 0) {
+    throw new TypeError("receive: timeoutMs must be a finite number >= 0");
+  }
 }
