@@ -66,6 +66,8 @@ export interface LocalMaaServer {
   failNext(status: number, count?: number): void;
   /** Fault injection for tests: the next `count` requests are handled only after `ms` ms. */
   delayNext(ms: number, count?: number): void;
+  /** Drops every pending injected failure and delay. */
+  clearFaults(): void;
 }
 
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
@@ -255,6 +257,9 @@ export async function startLocalMaaServer(options: LocalMaaServerOptions): Promi
     delayNext(ms: number, count = 1): void {
       if (!Number.isFinite(ms) || ms < 0) throw new TypeError("ms must be a non-negative number");
       faults.delay(ms, count);
+    },
+    clearFaults(): void {
+      faults.clear();
     },
   };
 }
@@ -478,6 +483,11 @@ class FaultPlan {
   private failures: number[] = [];
   private delays: number[] = [];
   private readonly sleeping = new Map<NodeJS.Timeout, () => void>();
+
+  clear(): void {
+    this.failures.length = 0;
+    this.delays.length = 0;
+  }
 
   fail(status: number, count: number): void {
     for (let i = 0; i < count; i++) this.failures.push(status);

@@ -1,0 +1,131 @@
+/**
+ * A local stand-in for the Azure Functions host, for the embedded default: it takes the same
+ * exported handlers the function files register, feeds them messages from a local queue with
+ * a real `InvocationContext` (trigger metadata camel-cased as the Node worker does), and settles
+ * each message the way Service Bus would after the function returns or throws — complete, or
+ * abandon for redelivery, or, once the delivery count reaches the maximum, dead-letter with the
+ * error's code as the reason.
+ */
+import { InvocationContext } from "@azure/functions";
+import { randomUUID } from "node:crypto";
+import { isShieldError } from "../../core/errors.js";
+import type { LockedMessage, RequestReceiver } from "../../core/ports/bus.js";
+import { silentLogger, type Logger } from "../../core/ports/logger.js";
+
+export type QueueFunctionHandler = (message: unknown, context: InvocationContext) => Promise<void>;
+
+export interface LocalFunctionsHostOptions {
+  readonly functionName: string;
+  readonly handler: QueueFunctionHandler;
+  readonly receiver: RequestReceiver;
+  /** Deliveries before a failing message is dead-lettered (Service Bus default 10). */
+  readonly maxDeliveryCount?: number;
+  /** Messages handled at once (host.json `maxConcurrentCalls`). */
+  readonly concurrency?: number;
+  readonly logger?: Logger;
+}
+
+export interface LocalFunctionsHost {
+  /** Counts since start, for status output and tests. */
+  stats(): { completed: number; abandoned: number; deadLettered: number };
+  /** Resolves when every in-flight invocation has settled. */
+  idle(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const RECEIVE_WAIT_MS = 1_000;
+
+export function startLocalFunctionsHost(options: LocalFunctionsHostOptions): LocalFunctionsHost {
+  const maxDeliveryCount = options.maxDeliveryCount ?? 10;
+  const concurrency = options.concurrency ?? 4;
+  const log = options.logger ?? silentLogger;
+  const counts = { completed: 0, abandoned: 0, deadLettered: 0 };
+  const inFlight = new Set<Promise<void>>();
+  let stopping = false;
+
+  async function invoke(message: LockedMessage): Promise<void> {
+    const invocationId = randomUUID();
+    const context = new InvocationContext({
+      functionName: options.functionName,
+      invocationId,
+      triggerMetadata: {
+        messageId: message.messageId,
+        deliveryCount: message.deliveryCount,
+        enqueuedTimeUtc: message.enqueuedAt.toISOString(),
+      },
+      // The function's own log lines: forwarded as they are, never with the message body.
+      logHandler: (level, ...args) =>
+        log(
+          level === "error"
+            ? "error"
+            : level === "warning"
+              ? "warn"
+              : level === "debug" || level === "trace"
+                ? "debug"
+                : "info",
+          args.map(String).join(" "),
+          {
+            function: options.functionName,
+            invocationId,
+          },
+        ),
+    });
+    try {
+      await options.handler(message.body, context);
+      await message.complete();
+      counts.completed++;
+    } catch (error) {
+      const code = isShieldError(error) ? error.code : "Error";
+      const description = error instanceof Error ? error.message : String(error);
+      if (message.deliveryCount >= maxDeliveryCount) {
+        await message.deadLetter(code, description);
+        counts.deadLettered++;
+        log("warn", "message dead-lettered", {
+          function: options.functionName,
+          messageId: message.messageId,
+          reason: code,
+        });
+      } else {
+        await message.abandon();
+        counts.abandoned++;
+      }
+    }
+  }
+
+  async function loop(worker: number): Promise<void> {
+    while (!stopping) {
+      let message: LockedMessage | undefined;
+      try {
+        message = await options.receiver.receive(RECEIVE_WAIT_MS);
+      } catch (error) {
+        log("error", "receive failed", { worker, code: isShieldError(error) ? error.code : "Error" });
+        await new Promise((resolve) => setTimeout(resolve, RECEIVE_WAIT_MS).unref());
+        continue;
+      }
+      if (message === undefined) continue;
+      const run = invoke(message).catch((error: unknown) => {
+        log("error", "settlement failed", {
+          messageId: message.messageId,
+          code: isShieldError(error) ? error.code : "Error",
+        });
+      });
+      inFlight.add(run);
+      await run;
+      inFlight.delete(run);
+    }
+  }
+
+  const workers = Array.from({ length: concurrency }, (_, i) => loop(i));
+
+  return {
+    stats: () => ({ ...counts }),
+    async idle() {
+      await Promise.all([...inFlight]);
+    },
+    async stop() {
+      stopping = true;
+      await options.receiver.close();
+      await Promise.all(workers);
+    },
+  };
+}

@@ -1,0 +1,107 @@
+/**
+ * The embedded default's back end on one machine: a local MAA-compatible attestation server
+ * that trusts only the simulated TEE's root, a local Key Vault-compatible server whose release
+ * checks tokens from that attestation server, and the settings that point the Functions app at
+ * both and at Azurite. Used by `npm start` and by the integration tests, so both exercise the
+ * same wiring the app uses in Azure — the real MAA client, the real Key Vault SDK, real Table
+ * Storage and Storage Queue clients — with only the far ends replaced.
+ */
+import { randomBytes } from "node:crypto";
+import type { SimulatedSnpPlatform } from "../../core/evidence/simulated/sevsnp.js";
+import { systemClock, type Clock } from "../../core/ports/clock.js";
+import { silentLogger, type Logger } from "../../core/ports/logger.js";
+import { createMaaTokenIssuer } from "../../core/token/index.js";
+import { createLocalAttestationEngine, type LocalAttestationEngine } from "./maa/engine.js";
+import { startLocalMaaServer, type LocalMaaServer } from "./maa/server.js";
+import { cachedIssuerKeys, createLocalKeyVault, type LocalKeyVault } from "./keyvault/engine.js";
+import { startLocalKeyVaultServer, type LocalKeyVaultServer } from "./keyvault/server.js";
+
+export interface LocalStackOptions {
+  /** Azurite (or any Storage account) for Table state and Storage Queues. */
+  readonly storageConnectionString: string;
+  /** The simulated TEE whose root the attestation server trusts; nothing else is trusted. */
+  readonly platform: SimulatedSnpPlatform;
+  /** The appraisal policy the functions apply (JSON text; see core/appraisal). */
+  readonly appraisalPolicy: string;
+  /** `x-ms-compliance-status` the attestation server reports (as MAA does for ACI). */
+  readonly complianceStatus?: string;
+  /** Clock of the attestation server (tests move it to mint expired tokens). */
+  readonly maaClock?: Clock;
+  /** Decorates the attestation engine (tests use it to tamper with what MAA returns). */
+  readonly decorateMaaEngine?: (engine: LocalAttestationEngine) => LocalAttestationEngine;
+  /** Directory for the local Key Vault's sealed key records; memory when absent. */
+  readonly keyVaultStorage?: string;
+  readonly tableName?: string;
+  readonly maxDeliveryCount?: number;
+  readonly attestationPeriodSeconds?: number;
+  /** Exposes key material through the local Key Vault for tests; never set by `npm start`. */
+  readonly exposeKeyMaterialForTests?: boolean;
+  readonly logger?: Logger;
+}
+
+export interface LocalStack {
+  readonly maa: LocalMaaServer;
+  readonly keyVault: LocalKeyVaultServer;
+  readonly vault: LocalKeyVault;
+  /** The Functions app settings for this stack (what `local.settings.json` would hold). */
+  readonly settings: Readonly<Record<string, string>>;
+  close(): Promise<void>;
+}
+
+export async function startLocalStack(options: LocalStackOptions): Promise<LocalStack> {
+  const logger = options.logger ?? silentLogger;
+  const maaClock = options.maaClock ?? systemClock;
+  const maa = await startLocalMaaServer({
+    logger,
+    engine: async (url) => {
+      const engine = createLocalAttestationEngine({
+        issuer: await createMaaTokenIssuer({ issuer: url }),
+        snpTrustedRoots: [options.platform.ark],
+        sgxTrustedRoots: [],
+        clock: maaClock,
+        ...(options.complianceStatus === undefined ? {} : { complianceStatus: options.complianceStatus }),
+      });
+      return options.decorateMaaEngine ? options.decorateMaaEngine(engine) : engine;
+    },
+  });
+  const vaultUrl = "https://shield-local.vault.azure.net";
+  const vault = await createLocalKeyVault({
+    vaultUrl,
+    masterKey: randomBytes(32),
+    clock: systemClock,
+    tokenKeys: cachedIssuerKeys({
+      clock: systemClock,
+      fetchJson: async (url) => {
+        const response = await fetch(url, { signal: AbortSignal.timeout(5_000) });
+        if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);
+        return (await response.json()) as unknown;
+      },
+    }),
+    ...(options.keyVaultStorage === undefined ? {} : { storage: options.keyVaultStorage }),
+    ...(options.exposeKeyMaterialForTests ? { exposeKeyMaterialForTests: true } : {}),
+  });
+  const keyVault = await startLocalKeyVaultServer({ engine: vault, logger });
+  const settings: Record<string, string> = {
+    SHIELD_MAA_ENDPOINT: maa.url,
+    SHIELD_KEYVAULT_URL: keyVault.url,
+    SHIELD_KEYVAULT_LOCAL_TOKEN: keyVault.accessToken,
+    SHIELD_STATE_CONNECTION: options.storageConnectionString,
+    SHIELD_STATE_TABLE: options.tableName ?? "shield",
+    SHIELD_STATE_CREATE_TABLE: "true",
+    SHIELD_BUS: "storage-queue",
+    SHIELD_BUS_CONNECTION: options.storageConnectionString,
+    SHIELD_APPRAISAL_POLICY: options.appraisalPolicy,
+    SHIELD_ATTESTATION_PERIOD_SECONDS: String(options.attestationPeriodSeconds ?? 3600),
+    SHIELD_MAX_DELIVERY_COUNT: String(options.maxDeliveryCount ?? 10),
+  };
+  return {
+    maa,
+    keyVault,
+    vault,
+    settings,
+    async close() {
+      await keyVault.close();
+      await maa.close();
+    },
+  };
+}
