@@ -6,7 +6,9 @@
  * abandon for redelivery, or, once the delivery count reaches the maximum, dead-letter with the
  * error's code as the reason.
  */
-import { InvocationContext } from "@azure/functions";
+// The package is CommonJS and Node's ESM loader cannot see `InvocationContext` as a named
+// export, so the class is taken from the default export.
+import functionsRuntime, { type InvocationContext } from "@azure/functions";
 import { randomUUID } from "node:crypto";
 import { isShieldError } from "../../core/errors.js";
 import type { LockedMessage, RequestReceiver } from "../../core/ports/bus.js";
@@ -45,7 +47,7 @@ export function startLocalFunctionsHost(options: LocalFunctionsHostOptions): Loc
 
   async function invoke(message: LockedMessage): Promise<void> {
     const invocationId = randomUUID();
-    const context = new InvocationContext({
+    const context: InvocationContext = new functionsRuntime.InvocationContext({
       functionName: options.functionName,
       invocationId,
       triggerMetadata: {

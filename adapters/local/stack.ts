@@ -74,7 +74,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       fetchJson: async (url) => {
         const response = await fetch(url, { signal: AbortSignal.timeout(5_000) });
         if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);
-        return (await response.json());
+        return await response.json();
       },
     }),
     ...(options.keyVaultStorage === undefined ? {} : { storage: options.keyVaultStorage }),

@@ -1,0 +1,23 @@
+/**
+ * `npm start`'s embedded default, run once in-process: the whole round trip must complete with
+ * nothing but this machine, and print what it did without printing key material.
+ */
+import { describe, expect, it } from "vitest";
+import { runEmbedded } from "../../adapters/local/embedded.js";
+
+describe("embedded default (npm start)", () => {
+  it("completes the attest-and-release round trip on local servers only", async () => {
+    const lines: string[] = [];
+    const run = await runEmbedded({ once: true, print: (line) => lines.push(line) });
+    try {
+      expect(run.released).toHaveLength(1);
+      expect(run.released[0]).toMatchObject({ name: "demo-orders-key", bytes: 32 });
+      const output = lines.join("\n");
+      expect(output).toContain("Round trip complete");
+      expect(output).toMatch(/attestation \(MAA-compatible\): http:\/\/127\.0\.0\.1:\d+/);
+      expect(output).not.toMatch(/eyJ[A-Za-z0-9_-]{20,}\./); // no token or release response printed
+    } finally {
+      await run.stop();
+    }
+  }, 60_000);
+});
