@@ -10,6 +10,7 @@ import { createSimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js
 import { createSnpVerifier, parseSnpReport } from "../core/evidence/sevsnp/index.js";
 import { createMaaTokenIssuer, staticSigningKeys, validateMaaToken } from "../core/token/index.js";
 import { compare, formatComparison, type Comparison } from "./harness.js";
+import { benchAttest, formatAttestBench } from "./attest.js";
 
 const TARGET_RATIO = 0.9;
 
@@ -70,7 +71,13 @@ async function main(): Promise<void> {
   console.log(`Node ${process.version}, ${new Date().toISOString()}\n`);
   const results = [await tokenValidation(), await snpVerification()];
   for (const r of results) console.log(formatComparison(r) + "\n");
+  const attestBench = await benchAttest();
+  console.log(formatAttestBench(attestBench) + "\n");
   const misses = results.filter((r) => r.ratio < TARGET_RATIO);
+  if (attestBench.releasesPerTrusted !== attestBench.keysPerRequest || attestBench.releasesPerDenied !== 0) {
+    console.log("Key Vault calls per attestation are not exactly one release per key (and none on denial).");
+    process.exitCode = 1;
+  }
   console.log(
     misses.length === 0
       ? `All paths at or above ${TARGET_RATIO * 100}% of their bare rate.`
