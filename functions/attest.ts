@@ -9,7 +9,7 @@
 import { app, type InvocationContext } from "@azure/functions";
 import { ShieldError, isShieldErrorCode } from "../core/errors.js";
 import { composition } from "./composition/root.js";
-import { contextLogger, serviceBusDelivery } from "./invocation.js";
+import { contextLogger, serviceBusDelivery } from "./composition/invocation.js";
 
 export const attestTrigger = {
   connection: "ServiceBusConnection",

@@ -4,7 +4,7 @@
  * Service Bus trigger metadata, whose keys the Node worker camel-cases.
  */
 import type { InvocationContext } from "@azure/functions";
-import type { Logger } from "../core/ports/logger.js";
+import type { Logger } from "../../core/ports/logger.js";
 
 export function contextLogger(context: InvocationContext): Logger {
   return (level, message, fields) => {
