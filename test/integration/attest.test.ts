@@ -6,7 +6,9 @@
  * module and a simulated SEV-SNP platform.
  */
 import { InvocationContext } from "@azure/functions";
-import { createHash, generateKeyPairSync } from "node:crypto";
+import { createHash, generateKeyPairSync, randomBytes } from "node:crypto";
+import { createTableStateStore } from "../../adapters/state/table.js";
+import { changeAgent } from "../../core/state/agents.js";
 import { TableClient } from "@azure/data-tables";
 import { SignJWT, decodeProtectedHeader, decodeJwt } from "jose";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
@@ -71,16 +73,25 @@ function forgingEngine(engine: LocalAttestationEngine): LocalAttestationEngine {
 
 let sequence = 0;
 function request(
-  fields: { hostData?: string; debug?: boolean; reportData?: Buffer; keys?: readonly string[] } = {},
+  fields: {
+    hostData?: string;
+    debug?: boolean;
+    reportData?: Buffer;
+    keys?: readonly string[];
+    agentId?: string;
+    challenge?: string;
+  } = {},
 ): AttestationRequest {
   sequence++;
+  const runtimeData =
+    fields.challenge === undefined ? runtimeKey.runtimeData : runtimeKey.bindToNonce(fields.challenge);
   const report = platform.signReport({
-    reportData: fields.reportData ?? runtimeKey.runtimeData.reportData.subarray(0, 32),
+    reportData: fields.reportData ?? runtimeData.reportData.subarray(0, 32),
     hostData: Buffer.from(fields.hostData ?? HOST_DATA, "hex"),
     ...(fields.debug ? { debug: true } : {}),
   });
   return makeAttestationRequest({
-    agentId: `agent-${process.pid}-${sequence}`,
+    agentId: fields.agentId ?? `agent-${process.pid}-${sequence}`,
     requestId: `req-${sequence}-${Date.now()}`,
     workload: "orders",
     tee: "sevsnp",
@@ -90,8 +101,9 @@ function request(
       report: report.toString("base64url"),
       vcekChain: platform.leafPem + platform.chainPem,
     },
-    runtimeData: runtimeKey.runtimeData.base64url,
+    runtimeData: runtimeData.base64url,
     keys: [...(fields.keys ?? KEYS)],
+    ...(fields.challenge === undefined ? {} : { challenge: fields.challenge }),
     sentAt: new Date(),
   });
 }
@@ -275,6 +287,55 @@ describe("attest: denials name the failing check and release nothing", () => {
     const result = await resultFor(bad.agentId);
     expect(result.verdict).toBe("denied");
     if (result.verdict !== "trusted") expect(result.denial.code).toBe("ERR_MESSAGE_SCHEMA");
+  });
+});
+
+describe("attest: challenges", () => {
+  async function pendingChallenge(agentId: string, nonce: string, deadline: Date): Promise<void> {
+    // What the re-attestation timer does: record the challenge it sent to the agent.
+    const state = await createTableStateStore({ tableName, connectionString: azuriteConnectionString() });
+    await changeAgent(state, agentId, (current) => ({
+      ...(current ?? { agentId, workload: "orders", tee: "sevsnp" as const, status: "trusted" as const }),
+      challenge: { nonce, issuedAt: new Date(), deadline },
+      updatedAt: new Date(),
+    }));
+  }
+
+  it("accepts evidence bound to the pending challenge once, and refuses the same nonce again", async () => {
+    const first = request();
+    await attest(first, context("m-ch-initial"));
+    expect((await resultFor(first.agentId)).verdict).toBe("trusted");
+    const nonce = randomBytes(24).toString("base64url");
+    await pendingChallenge(first.agentId, nonce, new Date(Date.now() + 60_000));
+    const answer = request({ agentId: first.agentId, challenge: nonce, keys: ["orders-key"] });
+    await attest(answer, context("m-ch-answer"));
+    const answered = await resultFor(first.agentId);
+    expect(answered.verdict).toBe("trusted");
+    const before = releases();
+    const replay = request({ agentId: first.agentId, challenge: nonce, keys: ["orders-key"] });
+    await attest(replay, context("m-ch-replay"));
+    const replayed = await resultFor(first.agentId);
+    expect(replayed.verdict).toBe("denied");
+    if (replayed.verdict !== "trusted") expect(replayed.denial.code).toBe("ERR_TOKEN_NONCE");
+    expect(releases()).toBe(before);
+  });
+
+  it("refuses an answer to a challenge that was never sent, and one past its deadline", async () => {
+    const first = request();
+    await attest(first, context("m-ch2-initial"));
+    expect((await resultFor(first.agentId)).verdict).toBe("trusted");
+    const unknown = request({ agentId: first.agentId, challenge: randomBytes(24).toString("base64url") });
+    await attest(unknown, context("m-ch2-unknown"));
+    const refused = await resultFor(first.agentId);
+    if (refused.verdict !== "trusted") expect(refused.denial.code).toBe("ERR_TOKEN_NONCE");
+    expect(refused.verdict).toBe("denied");
+    const nonce = randomBytes(24).toString("base64url");
+    await pendingChallenge(first.agentId, nonce, new Date(Date.now() - 1_000));
+    const late = request({ agentId: first.agentId, challenge: nonce });
+    await attest(late, context("m-ch2-late"));
+    const lateResult = await resultFor(first.agentId);
+    expect(lateResult.verdict).toBe("denied");
+    if (lateResult.verdict !== "trusted") expect(lateResult.denial.message).toMatch(/deadline/);
   });
 });
 
