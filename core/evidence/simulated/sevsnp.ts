@@ -7,10 +7,18 @@
  * explicitly in a verifier's `trustedRoots`. Azure mode never does that. The leaf private key
  * never leaves the closure; callers can only ask for signatures over whole reports.
  */
-import { createHash, generateKeyPairSync, sign, type KeyObject, type X509Certificate } from "node:crypto";
+import {
+  createHash,
+  createPrivateKey,
+  generateKeyPairSync,
+  sign,
+  type KeyObject,
+  type X509Certificate,
+} from "node:crypto";
 import {
   buildCertificate,
   derToPem,
+  loadCertificate,
   type DistinguishedName,
   type ExtensionSpec,
 } from "../../x509/certificate.js";
@@ -158,9 +166,46 @@ export function createSimulatedSnpPlatform(options: SimulatedSnpPlatformOptions 
     ),
   });
 
-  const leafPrivateKey = leafKeys.privateKey;
+  return assemblePlatform(
+    { product, signingKey, ark, intermediate, leaf, chipId, reportedTcb },
+    leafKeys.privateKey,
+  );
+}
+
+/**
+ * A simulated platform in portable form, so that an agent in another process can play the same
+ * TEE that a local attestation server trusts (`SHIELD_SIMULATED_PLATFORM`). It holds the leaf's
+ * private key: it is test material, as trustworthy as a file anyone can write.
+ */
+export interface SimulatedSnpPlatformState {
+  readonly kind: "shield-simulated-sevsnp-platform";
+  readonly product: string;
+  readonly signingKey: "vcek" | "vlek";
+  readonly arkPem: string;
+  readonly intermediatePem: string;
+  readonly leafPem: string;
+  /** PKCS#8 PEM of the VCEK/VLEK private key. */
+  readonly leafKeyPem: string;
+  readonly chipId: string;
+  readonly reportedTcb: SnpTcbInput;
+}
+
+interface PlatformParts {
+  readonly product: string;
+  readonly signingKey: "vcek" | "vlek";
+  readonly ark: X509Certificate;
+  readonly intermediate: X509Certificate;
+  readonly leaf: X509Certificate;
+  readonly chipId: Buffer;
+  readonly reportedTcb: SnpTcbInput;
+}
+
+const platformKeys = new WeakMap<SimulatedSnpPlatform, KeyObject>();
+
+function assemblePlatform(parts: PlatformParts, leafPrivateKey: KeyObject): SimulatedSnpPlatform {
+  const { product, signingKey, ark, intermediate, leaf, chipId, reportedTcb } = parts;
   const cpuid = CPUID[product];
-  return Object.freeze({
+  const platform: SimulatedSnpPlatform = Object.freeze({
     product,
     signingKey,
     ark,
@@ -180,6 +225,41 @@ export function createSimulatedSnpPlatform(options: SimulatedSnpPlatformOptions 
       return body;
     },
   });
+  platformKeys.set(platform, leafPrivateKey);
+  return platform;
+}
+
+export function exportSimulatedSnpPlatform(platform: SimulatedSnpPlatform): SimulatedSnpPlatformState {
+  const key = platformKeys.get(platform);
+  if (key === undefined) throw new TypeError("not a platform made by createSimulatedSnpPlatform");
+  return {
+    kind: "shield-simulated-sevsnp-platform",
+    product: platform.product,
+    signingKey: platform.signingKey,
+    arkPem: derToPem(platform.ark.raw),
+    intermediatePem: derToPem(platform.intermediate.raw),
+    leafPem: platform.leafPem,
+    leafKeyPem: key.export({ type: "pkcs8", format: "pem" }).toString(),
+    chipId: platform.chipId.toString("hex"),
+    reportedTcb: platform.reportedTcb,
+  };
+}
+
+export function restoreSimulatedSnpPlatform(state: SimulatedSnpPlatformState): SimulatedSnpPlatform {
+  if (state.kind !== "shield-simulated-sevsnp-platform")
+    throw new TypeError("not a simulated platform state");
+  return assemblePlatform(
+    {
+      product: state.product,
+      signingKey: state.signingKey,
+      ark: loadCertificate(state.arkPem),
+      intermediate: loadCertificate(state.intermediatePem),
+      leaf: loadCertificate(state.leafPem),
+      chipId: Buffer.from(state.chipId, "hex"),
+      reportedTcb: state.reportedTcb,
+    },
+    createPrivateKey(state.leafKeyPem),
+  );
 }
 
 function amdName(commonName: string): DistinguishedName {

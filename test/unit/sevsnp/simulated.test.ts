@@ -1,3 +1,10 @@
+import {
+  createSimulatedSnpPlatform as createForState,
+  exportSimulatedSnpPlatform,
+  restoreSimulatedSnpPlatform,
+  type SimulatedSnpPlatformState,
+} from "../../../core/evidence/simulated/sevsnp.js";
+import { createSnpVerifier } from "../../../core/evidence/sevsnp/index.js";
 import { beforeAll, describe, expect, it } from "vitest";
 import { KeyObject } from "node:crypto";
 import { loadCertificates, readExtensions } from "../../../core/x509/certificate.js";
@@ -92,5 +99,29 @@ describe("simulated SEV-SNP platform", () => {
 
   it("rejects a chip ID of the wrong size", () => {
     expect(() => createSimulatedSnpPlatform({ rsaBits: 2048, chipId: Buffer.alloc(32) })).toThrow(TypeError);
+  });
+});
+
+describe("simulated platform state", () => {
+  it("restores a platform whose reports verify under the original root", async () => {
+    const {
+      createSimulatedSnpPlatform: create,
+      exportSimulatedSnpPlatform,
+      restoreSimulatedSnpPlatform,
+    } = await import("../../../core/evidence/simulated/sevsnp.js");
+    const { createSnpVerifier } = await import("../../../core/evidence/sevsnp/index.js");
+    const original = createForState({ rsaBits: 2048 });
+    const restored = restoreSimulatedSnpPlatform(
+      JSON.parse(JSON.stringify(exportSimulatedSnpPlatform(original))),
+    );
+    const report = restored.signReport({ reportData: Buffer.alloc(32, 1) });
+    const verification = createSnpVerifier({ trustedRoots: [original.ark] }).verify({
+      report,
+      vcek: original.leaf,
+      chain: [original.intermediate, original.ark],
+      at: new Date("2030-01-01T00:00:00Z"),
+    });
+    expect(verification.claims.reportData.startsWith("01".repeat(32))).toBe(true);
+    expect(() => exportSimulatedSnpPlatform({ ...original })).toThrow(TypeError);
   });
 });
