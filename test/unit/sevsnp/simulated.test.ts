@@ -103,16 +103,10 @@ describe("simulated SEV-SNP platform", () => {
 });
 
 describe("simulated platform state", () => {
-  it("restores a platform whose reports verify under the original root", async () => {
-    const {
-      createSimulatedSnpPlatform: create,
-      exportSimulatedSnpPlatform,
-      restoreSimulatedSnpPlatform,
-    } = await import("../../../core/evidence/simulated/sevsnp.js");
-    const { createSnpVerifier } = await import("../../../core/evidence/sevsnp/index.js");
+  it("restores a platform whose reports verify under the original root", () => {
     const original = createForState({ rsaBits: 2048 });
     const restored = restoreSimulatedSnpPlatform(
-      JSON.parse(JSON.stringify(exportSimulatedSnpPlatform(original))),
+      JSON.parse(JSON.stringify(exportSimulatedSnpPlatform(original))) as SimulatedSnpPlatformState,
     );
     const report = restored.signReport({ reportData: Buffer.alloc(32, 1) });
     const verification = createSnpVerifier({ trustedRoots: [original.ark] }).verify({
