@@ -46,6 +46,7 @@ const CODES = {
   ERR_POLICY_VERSION: { transient: false },
   ERR_POLICY_DENIED: { transient: false },
   ERR_POLICY_UNSAFE_CHANGE: { transient: false },
+  ERR_AGENT_REVOKED: { transient: false },
   // key wrapping and release responses
   ERR_WRAP_ALGORITHM: { transient: false },
   ERR_WRAP_INTEGRITY: { transient: false },

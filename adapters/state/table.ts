@@ -542,6 +542,7 @@ function agentEntity(agent: AgentState) {
     ...optional("challengeNonce", agent.challenge?.nonce),
     ...optional("challengeIssuedAt", agent.challenge?.issuedAt),
     ...optional("challengeDeadline", agent.challenge?.deadline),
+    ...optional("challengeAnsweredBy", agent.challenge?.answeredBy),
     updatedAt: agent.updatedAt,
   };
 }
@@ -565,6 +566,7 @@ function readAgent(entity: Entity): AgentRecord {
             nonce,
             issuedAt: readDate(entity, "challengeIssuedAt"),
             deadline: readDate(entity, "challengeDeadline"),
+            ...optional("answeredBy", readOptionalString(entity, "challengeAnsweredBy")),
           },
     ),
     updatedAt: readDate(entity, "updatedAt"),

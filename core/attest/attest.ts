@@ -32,7 +32,7 @@ import type { AgentChannel } from "../ports/bus.js";
 import type { Clock } from "../ports/clock.js";
 import type { KeyStore } from "../ports/key-store.js";
 import type { Logger } from "../ports/logger.js";
-import type { RequestLease, StateStore } from "../ports/state.js";
+import type { AgentRecord, AgentState, AttestationRecord, RequestLease, StateStore } from "../ports/state.js";
 import { changeAgent } from "../state/agents.js";
 import { validateMaaToken, type SigningKeyResolver, type ValidatedMaaToken } from "../token/index.js";
 import { pemToDerList } from "../x509/certificate.js";
@@ -58,6 +58,8 @@ export interface AttestConfig {
   readonly attestationPeriodSeconds: number;
   /** How Key Vault wraps released keys (default RSA_AES_KEY_WRAP_256). */
   readonly encryption?: ReleaseEncryption;
+  /** The largest answer the agent channel carries, in bytes of JSON (default 240 000: Service Bus Standard). */
+  readonly maxResultBytes?: number;
   /** The queue's MaxDeliveryCount: on that delivery a transient failure is final (default 10). */
   readonly maxDeliveryCount?: number;
   /** How long one invocation holds a request before a redelivery may take it over (default 300 s). */
@@ -100,6 +102,23 @@ export const agentAuditPartition = (agentId: string): string => `agent-${agentId
 /** Messages too malformed to name an agent. */
 export const INTAKE_AUDIT_PARTITION = "intake";
 
+/** What an attempt got through, for the records of a failure. */
+interface Progress {
+  challengeMatched: boolean;
+  tokenHash?: string;
+  measurement?: Measurement;
+  readonly released: { name: string; version: string }[];
+}
+
+/** A release response with its signer chain is 3–5 KiB; 8 KiB leaves room for RSA-4096 keys. */
+const ESTIMATED_RELEASE_RESPONSE_BYTES = 8 * 1024;
+const RESULT_OVERHEAD_BYTES = 2 * 1024;
+
+function withoutEtag(agent: AgentRecord): AgentState {
+  const { etag: _etag, ...rest } = agent;
+  return rest;
+}
+
 interface Released {
   readonly keys: ReleasedKey[];
   readonly validated: ValidatedMaaToken;
@@ -112,6 +131,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
   const leaseMs = (config.leaseSeconds ?? DEFAULT_LEASE_SECONDS) * 1000;
   const maxBytes = config.maxMessageBytes ?? DEFAULT_ATTEST_MESSAGE_BYTES;
   const encryption = config.encryption ?? "RSA_AES_KEY_WRAP_256";
+  const maxResultBytes = config.maxResultBytes ?? 240_000;
   const { state, agents, clock, logger } = ports;
 
   return async function handleAttestationRequest(
@@ -139,116 +159,171 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       });
 
     const now = clock.now();
+    const final = delivery.deliveryCount >= maxDeliveryCount;
     const claim = await state.claimRequest(
       { scope: agentId, requestId },
       { at: now, leaseUntil: new Date(now.getTime() + leaseMs) },
     );
     if (claim.state === "completed") {
-      // A redelivery of finished work: the same answer again, and no second release.
-      await agents.sendToAgent(agentId, claim.result as AttestationResult);
+      // A redelivery of finished work: the same answer again, and no second release. Records
+      // an earlier delivery could not finish are completed from the stored answer.
+      const stored = claim.result as AttestationResult;
+      if (stored.verdict === "trusted") await finishTrustedRecords(request, stored, now);
+      await agents.sendToAgent(agentId, stored);
       log("info", "attestation request already answered; answer re-sent");
-      const verdict = claim.result.type === "attestation-result" ? claim.result.verdict : undefined;
       return {
         settlement: { action: "complete" },
         agentId,
         requestId,
         replayed: true,
         keysReleased: 0,
-        ...(verdict ? { verdict } : {}),
+        verdict: stored.verdict,
       };
     }
     if (claim.state === "in-progress") {
-      log("info", "attestation request is being handled by another invocation");
+      const busy = new ShieldError("ERR_CONFLICT", "the request is being handled by another invocation");
+      if (!final) {
+        log("info", "attestation request is being handled by another invocation");
+        return { settlement: { action: "retry", error: busy }, agentId, requestId, keysReleased: 0 };
+      }
+      // The last delivery must not vanish silently: tell the agent to ask again.
+      await agents.sendToAgent(
+        agentId,
+        makeAttestationResult({
+          agentId,
+          requestId,
+          verdict: "error",
+          denial: denialFromError(busy),
+          sentAt: now,
+        }),
+      );
       return {
-        settlement: {
-          action: "retry",
-          error: new ShieldError("ERR_CONFLICT", "request is being handled elsewhere"),
-        },
+        settlement: { action: "dead-letter", reason: busy.code, description: busy.message },
         agentId,
         requestId,
+        verdict: "error",
         keysReleased: 0,
       };
     }
 
-    let result: AttestationResult;
-    let released: Released | undefined;
+    const lease = claim.lease;
+    let completed = false;
+    const progress: Progress = { challengeMatched: false, released: [] };
     try {
-      released = await attestAndRelease(request, claim.lease, now);
-      result = makeAttestationResult({
-        agentId,
-        requestId,
-        keys: released.keys,
-        attestedUntil: released.attestedUntil,
-        sentAt: clock.now(),
-      });
-      await recordTrusted(request, released, now);
+      let result: Extract<AttestationResult, { verdict: "trusted" }>;
+      let released: Released;
+      try {
+        released = await attestAndRelease(request, progress, now);
+        result = makeAttestationResult({
+          agentId,
+          requestId,
+          keys: released.keys,
+          attestedUntil: released.attestedUntil,
+          sentAt: clock.now(),
+        }) as Extract<AttestationResult, { verdict: "trusted" }>;
+        checkResultSize(result);
+        // The attestation record, then the stored answer: from here on a redelivery re-sends
+        // this answer and never calls Key Vault again.
+        await state.recordAttestation(attestationRecord(request, released, now));
+      } catch (caught) {
+        const error = toShieldError(caught);
+        if (error.transient && !final) {
+          log("warn", "transient failure; left for redelivery", { code: error.code });
+          await recordDiscardedReleases(request, progress, error, now);
+          return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
+        }
+        return await refuse(request, lease, error, progress, delivery, now, () => {
+          completed = true;
+        });
+      }
+      await state.completeRequest(lease, result, clock.now());
+      completed = true;
+      await finishTrustedRecords(request, result, now, released);
+      await agents.sendToAgent(agentId, result);
       log("info", "attestation trusted; keys released", {
         keys: released.keys.length,
         tokenSha256: released.validated.tokenHash,
       });
+      return {
+        settlement: { action: "complete" },
+        agentId,
+        requestId,
+        verdict: "trusted",
+        keysReleased: released.keys.length,
+      };
     } catch (caught) {
+      // A failure after the answer was stored (records, sending): redelivery re-sends it.
       const error = toShieldError(caught);
-      const final = delivery.deliveryCount >= maxDeliveryCount;
-      if (error.transient && !final) {
-        await state.releaseRequest(claim.lease).catch(() => undefined);
-        log("warn", "transient failure; left for redelivery", { code: error.code });
-        return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
-      }
-      const verdict = error.transient ? "error" : "denied";
-      result = makeAttestationResult({
+      log("warn", "could not finish; left for redelivery", { code: error.code });
+      return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
+    } finally {
+      if (!completed) await state.releaseRequest(lease).catch(() => undefined);
+    }
+  };
+
+  /** A final refusal: recorded, stored as the answer, and sent. */
+  async function refuse(
+    request: AttestationRequest,
+    lease: RequestLease,
+    error: ShieldError,
+    progress: Progress,
+    delivery: AttestDelivery,
+    now: Date,
+    markCompleted: () => void,
+  ): Promise<AttestOutcome> {
+    const { agentId, requestId } = request;
+    // Failures the workload's evidence caused are denials; configuration and outages are errors.
+    const verdict =
+      error.transient || error.code === "ERR_CONFIG" || error.code === "ERR_INTERNAL" ? "error" : "denied";
+    const result = makeAttestationResult({
+      agentId,
+      requestId,
+      verdict,
+      denial: denialFromError(error),
+      sentAt: clock.now(),
+    });
+    await recordRefused(request, error, verdict, progress, now);
+    await state.completeRequest(lease, result, clock.now());
+    markCompleted();
+    await agents.sendToAgent(agentId, result);
+    logger(
+      verdict === "denied" ? "info" : "error",
+      verdict === "denied" ? "attestation denied" : "attestation failed for good",
+      {
+        agentId,
+        requestId,
+        code: error.code,
+      },
+    );
+    if (verdict === "error" && (error.transient || delivery.deliveryCount >= maxDeliveryCount)) {
+      return {
+        settlement: {
+          action: "dead-letter",
+          reason: error.code,
+          description: `gave up after ${delivery.deliveryCount} deliveries: ${error.message}`,
+        },
         agentId,
         requestId,
         verdict,
-        denial: denialFromError(error),
-        sentAt: clock.now(),
-      });
-      await recordRefused(request, error, verdict, now);
-      log(
-        verdict === "denied" ? "info" : "error",
-        verdict === "denied" ? "attestation denied" : "attestation failed for good",
-        {
-          code: error.code,
-        },
-      );
-      await state.completeRequest(claim.lease, result, clock.now());
-      await agents.sendToAgent(agentId, result);
-      if (verdict === "error") {
-        return {
-          settlement: {
-            action: "dead-letter",
-            reason: error.code,
-            description: `gave up after ${delivery.deliveryCount} deliveries: ${error.message}`,
-          },
-          agentId,
-          requestId,
-          verdict,
-          keysReleased: 0,
-        };
-      }
-      return { settlement: { action: "complete" }, agentId, requestId, verdict, keysReleased: 0 };
+        keysReleased: 0,
+      };
     }
-    await state.completeRequest(claim.lease, result, clock.now());
-    await agents.sendToAgent(agentId, result);
-    return {
-      settlement: { action: "complete" },
-      agentId,
-      requestId,
-      verdict: "trusted",
-      keysReleased: released.keys.length,
-    };
-  };
+    return { settlement: { action: "complete" }, agentId, requestId, verdict, keysReleased: 0 };
+  }
 
   /** Checks in order; throws a ShieldError at the first that fails. */
   async function attestAndRelease(
     request: AttestationRequest,
-    lease: RequestLease,
+    progress: Progress,
     now: Date,
   ): Promise<Released> {
-    const challenge = await checkChallenge(request, now); // 1. the nonce answers this agent's pending challenge
+    const challenge = await checkChallenge(request, now); // 1. agent standing and challenge
     const runtimeData = Buffer.from(request.runtimeData, "base64url");
-    const token = await obtainToken(request.evidence, runtimeData, challenge); // 2. MAA verifies the evidence
+    if (challenge !== undefined) checkRuntimeNonce(runtimeData, challenge); // 2. freshness is in the hardware binding
+    checkKeyCount(request); // 3. the answer must fit the bus before anything is released
+    const token = await obtainToken(request.evidence, runtimeData, challenge); // 4. MAA verifies the evidence
     const validated = await validateMaaToken(token, {
-      // 3. the token: pinned issuer, signature, lifetime, nonce, runtime-data binding
+      // 5. the token: pinned issuer, signature, lifetime, nonce, runtime-data binding
       keys: ports.tokenKeys,
       issuer: config.issuer,
       at: now,
@@ -256,30 +331,58 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       requireAttestationType: request.tee === "sevsnp" ? "sevsnpvm" : "sgx",
       ...(challenge === undefined ? {} : { expectedNonce: challenge }),
     });
-    assertAppraised(appraiseClaims(validated.claims, config.appraisal)); // 4. our appraisal policy
+    progress.challengeMatched = challenge !== undefined;
+    progress.tokenHash = validated.tokenHash;
+    assertAppraised(appraiseClaims(validated.claims, config.appraisal)); // 6. our appraisal policy
     const measurement = measurementOf(request, validated);
-    if (challenge !== undefined) await consumeChallenge(request, challenge, lease, now); // 5. single use
+    progress.measurement = measurement;
+    if (challenge !== undefined) await consumeChallenge(request, challenge); // 7. the nonce is used once
     const keys: ReleasedKey[] = [];
     for (const name of request.keys) {
-      // 6. Key Vault checks the token against the key's release policy and wraps the key.
+      // 8. Key Vault checks the token against the key's release policy and wraps the key.
       const releaseResponse = await ports.keys.release(name, token, { encryption });
-      keys.push({ name, version: versionOf(releaseResponse), releaseResponse });
+      const key = { name, version: versionOf(releaseResponse), releaseResponse };
+      keys.push(key);
+      progress.released.push({ name: key.name, version: key.version });
     }
     const periodEnd = now.getTime() + config.attestationPeriodSeconds * 1000;
     const attestedUntil = new Date(Math.min(periodEnd, validated.claims.exp * 1000));
     return { keys, validated, measurement, attestedUntil };
   }
 
+  /**
+   * A revoked agent gets nothing until an operator reinstates it. An agent with a pending
+   * challenge must answer it: evidence without the nonce could be a replay of old evidence.
+   */
   async function checkChallenge(request: AttestationRequest, now: Date): Promise<string | undefined> {
-    if (request.challenge === undefined) return undefined;
     const agent = await state.getAgent(request.agentId);
+    if (agent?.status === "revoked") {
+      throw new ShieldError("ERR_AGENT_REVOKED", "the agent is revoked", {
+        violations: [{ field: "agent", expected: "not revoked", actual: agent.statusReason ?? "revoked" }],
+      });
+    }
     const pending = agent?.challenge;
+    const open =
+      pending !== undefined &&
+      (pending.answeredBy === undefined || pending.answeredBy === request.requestId) &&
+      now.getTime() <= pending.deadline.getTime();
+    if (request.challenge === undefined) {
+      if (open) {
+        throw new ShieldError("ERR_TOKEN_NONCE", "a challenge is pending: the request must answer it", {
+          violations: [{ field: "challenge", expected: "the agent's pending challenge", actual: "none" }],
+        });
+      }
+      return undefined;
+    }
     if (pending === undefined || pending.nonce !== request.challenge) {
       throw new ShieldError("ERR_TOKEN_NONCE", "the request answers no pending challenge", {
         violations: [
           { field: "challenge", expected: "the agent's pending challenge", actual: "another nonce" },
         ],
       });
+    }
+    if (pending.answeredBy !== undefined && pending.answeredBy !== request.requestId) {
+      throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
     }
     if (now.getTime() > pending.deadline.getTime()) {
       throw new ShieldError("ERR_TOKEN_NONCE", "the challenge deadline has passed", {
@@ -295,23 +398,66 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     return pending.nonce;
   }
 
-  async function consumeChallenge(
-    request: AttestationRequest,
-    nonce: string,
-    lease: RequestLease,
-    now: Date,
-  ): Promise<void> {
-    const pending = (await state.getAgent(request.agentId))?.challenge;
-    const use = await state.consumeNonce(request.agentId, nonce, {
-      at: now,
-      expiresAt: pending?.deadline ?? now,
-    });
-    // A takeover of this same request after a transient failure finds its own nonce used; the
-    // pending challenge is only cleared by success, so it still names this nonce.
-    const retryOfThisRequest = lease.attempt > 1 && pending?.nonce === nonce;
-    if (use === "replayed" && !retryOfThisRequest) {
-      throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
+  /** The nonce must be inside the runtime data, whose hash the hardware signed. */
+  function checkRuntimeNonce(runtimeData: Buffer, challenge: string): void {
+    let nonce: unknown;
+    try {
+      nonce = (JSON.parse(runtimeData.toString("utf8")) as { nonce?: unknown } | null)?.nonce;
+    } catch {
+      nonce = undefined;
     }
+    if (nonce !== challenge) {
+      throw new ShieldError("ERR_TOKEN_NONCE", "the runtime data does not carry the challenge nonce", {
+        violations: [
+          {
+            field: "runtimeData.nonce",
+            expected: "the challenge nonce",
+            actual: typeof nonce === "string" ? "another nonce" : "absent",
+          },
+        ],
+      });
+    }
+  }
+
+  function checkKeyCount(request: AttestationRequest): void {
+    const worst = request.keys.length * ESTIMATED_RELEASE_RESPONSE_BYTES + RESULT_OVERHEAD_BYTES;
+    if (worst > maxResultBytes) {
+      throw new ShieldError("ERR_INPUT_TOO_LARGE", "too many keys for one answer on this bus", {
+        violations: [
+          {
+            field: "keys",
+            expected: `at most ${Math.floor((maxResultBytes - RESULT_OVERHEAD_BYTES) / ESTIMATED_RELEASE_RESPONSE_BYTES)}`,
+            actual: String(request.keys.length),
+          },
+        ],
+      });
+    }
+  }
+
+  function checkResultSize(result: AttestationResult): void {
+    const bytes = Buffer.byteLength(JSON.stringify(result));
+    if (bytes > maxResultBytes) {
+      throw new ShieldError("ERR_INPUT_TOO_LARGE", `the answer (${bytes} bytes) does not fit the bus`);
+    }
+  }
+
+  /** Marks the challenge answered by this request, once (ETag-conditional). */
+  async function consumeChallenge(request: AttestationRequest, nonce: string): Promise<void> {
+    await changeAgent(state, request.agentId, (current) => {
+      const pending = current?.challenge;
+      if (current === undefined || pending === undefined || pending.nonce !== nonce) {
+        throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
+      }
+      if (pending.answeredBy === request.requestId) return undefined; // this request, again
+      if (pending.answeredBy !== undefined) {
+        throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
+      }
+      return {
+        ...withoutEtag(current),
+        challenge: { ...pending, answeredBy: request.requestId },
+        updatedAt: clock.now(),
+      };
+    });
   }
 
   async function obtainToken(
@@ -332,44 +478,67 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     }
   }
 
-  async function recordTrusted(request: AttestationRequest, released: Released, now: Date): Promise<void> {
-    const { agentId, requestId } = request;
-    const { validated, measurement, attestedUntil } = released;
-    await state.recordAttestation({
-      agentId,
-      requestId,
+  function attestationRecord(request: AttestationRequest, released: Released, now: Date): AttestationRecord {
+    return {
+      agentId: request.agentId,
+      requestId: request.requestId,
       at: now,
       verdict: "trusted",
       violations: [],
-      tokenHash: validated.tokenHash,
-      claimsDigest: sha256(JSON.stringify(validated.claims)),
-      measurement,
-      attestedUntil,
+      tokenHash: released.validated.tokenHash,
+      claimsDigest: sha256(JSON.stringify(released.validated.claims)),
+      measurement: released.measurement,
+      attestedUntil: released.attestedUntil,
       keys: request.keys,
-    });
-    await changeAgent(state, agentId, (current) => ({
-      agentId,
-      workload: request.workload,
-      tee: request.tee,
-      status: "trusted",
-      lastAttestedAt: now,
-      attestedUntil,
-      measurement,
-      updatedAt: now,
-      // The challenge is answered: clearing it makes its nonce useless for any later request.
-      ...(current?.challenge !== undefined && current.challenge.nonce !== request.challenge
-        ? { challenge: current.challenge }
-        : {}),
-    }));
-    for (const key of released.keys) {
-      await state.recordHolding({
+    };
+  }
+
+  /**
+   * The agent's standing, who holds which key version, and the audit entries. Runs after the
+   * answer is stored; a redelivery runs it again from the stored answer when it did not finish
+   * (holdings are upserts; the audit is appended only for keys whose holding is missing).
+   */
+  async function finishTrustedRecords(
+    request: AttestationRequest,
+    result: Extract<AttestationResult, { verdict: "trusted" }>,
+    now: Date,
+    released?: Released,
+  ): Promise<void> {
+    const { agentId, requestId } = request;
+    const record = released === undefined ? await state.getAttestation(agentId, requestId) : undefined;
+    const measurement = released?.measurement ?? record?.measurement;
+    const tokenHash = released?.validated.tokenHash ?? record?.tokenHash;
+    if (measurement === undefined) return; // nothing trustworthy to complete from
+    const held = new Set(
+      (await state.listHoldingsByAgent(agentId))
+        .filter((h) => h.requestId === requestId)
+        .map((h) => h.keyName),
+    );
+    if (released === undefined && result.keys.every((k) => held.has(k.name))) return;
+    const attestedUntil = new Date(result.attestedUntil);
+    await changeAgent(state, agentId, (current) => {
+      // A later attestation already moved the agent on; and a revoked agent stays revoked.
+      if (current?.lastAttestedAt !== undefined && current.lastAttestedAt.getTime() > now.getTime())
+        return undefined;
+      const answered = current?.challenge?.answeredBy === requestId;
+      return {
         agentId,
-        keyName: key.name,
-        keyVersion: key.version,
+        workload: request.workload,
+        tee: request.tee,
+        status: current?.status === "revoked" ? "revoked" : "trusted",
+        ...(current?.status === "revoked" && current.statusReason
+          ? { statusReason: current.statusReason }
+          : {}),
+        lastAttestedAt: now,
+        attestedUntil,
         measurement,
-        releasedAt: now,
-        requestId,
-      });
+        updatedAt: clock.now(),
+        // An answered challenge is done; one issued since stays pending.
+        ...(current?.challenge !== undefined && !answered ? { challenge: current.challenge } : {}),
+      };
+    });
+    for (const key of result.keys) {
+      if (held.has(key.name)) continue;
       await state.appendAudit(keyAuditPartition(key.name), {
         at: now,
         kind: "key-released",
@@ -378,30 +547,62 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         details: {
           keyVersion: key.version,
           measurement: measurementText(measurement),
-          tokenSha256: validated.tokenHash,
+          tokenSha256: tokenHash ?? null,
+        },
+      });
+      await state.recordHolding({
+        agentId,
+        keyName: key.name,
+        keyVersion: key.version,
+        measurement,
+        releasedAt: now,
+        requestId,
+      });
+    }
+    if (held.size === 0) {
+      await state.appendAudit(agentAuditPartition(agentId), {
+        at: now,
+        kind: "attestation-trusted",
+        subject: agentId,
+        requestId,
+        details: {
+          keys: request.keys.join(","),
+          measurement: measurementText(measurement),
+          attestedUntil: attestedUntil.toISOString(),
         },
       });
     }
-    await state.appendAudit(agentAuditPartition(agentId), {
-      at: now,
-      kind: "attestation-trusted",
-      subject: agentId,
-      requestId,
-      details: {
-        keys: request.keys.join(","),
-        measurement: measurementText(measurement),
-        attestedUntil: attestedUntil.toISOString(),
-      },
-    });
+  }
+
+  /** Keys Key Vault released for a request that then failed: never delivered, but on record. */
+  async function recordDiscardedReleases(
+    request: AttestationRequest,
+    progress: Progress,
+    error: ShieldError,
+    now: Date,
+  ): Promise<void> {
+    for (const key of progress.released.splice(0)) {
+      await state
+        .appendAudit(keyAuditPartition(key.name), {
+          at: now,
+          kind: "key-release-discarded",
+          subject: request.agentId,
+          requestId: request.requestId,
+          details: { keyVersion: key.version, code: error.code, tokenSha256: progress.tokenHash ?? null },
+        })
+        .catch(() => undefined);
+    }
   }
 
   async function recordRefused(
     request: AttestationRequest,
     error: ShieldError,
     verdict: "denied" | "error",
+    progress: Progress,
     now: Date,
   ): Promise<void> {
     const { agentId, requestId } = request;
+    await recordDiscardedReleases(request, progress, error, now);
     await state.recordAttestation({
       agentId,
       requestId,
@@ -410,17 +611,21 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       reasonCode: error.code,
       violations: error.violations.slice(0, 64),
       keys: request.keys,
+      ...(progress.tokenHash === undefined ? {} : { tokenHash: progress.tokenHash }),
+      ...(progress.measurement === undefined ? {} : { measurement: progress.measurement }),
     });
-    if (verdict === "denied") {
-      // Failed evidence means the agent is not (or no longer) trusted; keep its challenge so a
-      // re-attestation timer still sees the deadline.
+    // The agent id is not authenticated, so a refusal changes an agent's standing only when
+    // the request proved it speaks for that agent — it answered the agent's own pending
+    // challenge with evidence MAA verified — or when the agent is new.
+    const existing = await state.getAgent(agentId);
+    if (verdict === "denied" && (existing === undefined || progress.challengeMatched)) {
       await changeAgent(state, agentId, (current) => ({
         agentId,
         workload: request.workload,
         tee: request.tee,
         status: current?.status === "revoked" ? "revoked" : "untrusted",
         statusReason: error.code,
-        updatedAt: now,
+        updatedAt: clock.now(),
         ...(current?.lastAttestedAt ? { lastAttestedAt: current.lastAttestedAt } : {}),
         ...(current?.measurement ? { measurement: current.measurement } : {}),
         ...(current?.challenge ? { challenge: current.challenge } : {}),
@@ -431,7 +636,12 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       kind: verdict === "denied" ? "attestation-denied" : "attestation-failed",
       subject: agentId,
       requestId,
-      details: { code: error.code, violations: error.violations.length, keys: request.keys.join(",") },
+      details: {
+        code: error.code,
+        violations: error.violations.length,
+        keys: request.keys.join(","),
+        standingChanged: verdict === "denied" && (existing === undefined || progress.challengeMatched),
+      },
     });
   }
 

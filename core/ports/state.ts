@@ -22,6 +22,12 @@ export interface PendingChallenge {
   readonly nonce: string;
   readonly issuedAt: Date;
   readonly deadline: Date;
+  /**
+   * The request that answered it, set atomically (ETag) when an answer passes validation: a
+   * nonce is used once, and a takeover of that same request after a transient failure still
+   * finds it its own.
+   */
+  readonly answeredBy?: string;
 }
 
 /** An agent as written: everything but the store's bookkeeping. */

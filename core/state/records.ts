@@ -41,7 +41,14 @@ const agentState = z.object({
   lastAttestedAt: date.optional(),
   attestedUntil: date.optional(),
   measurement: measurement.optional(),
-  challenge: z.object({ nonce: z.string().regex(NONCE_PATTERN), issuedAt: date, deadline: date }).optional(),
+  challenge: z
+    .object({
+      nonce: z.string().regex(NONCE_PATTERN),
+      issuedAt: date,
+      deadline: date,
+      answeredBy: id.optional(),
+    })
+    .optional(),
   updatedAt: date,
 });
 

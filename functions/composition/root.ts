@@ -61,13 +61,15 @@ async function buildState(
 async function buildAgentChannel(
   settings: FunctionsSettings,
   credential: () => Promise<TokenCredentialLike>,
-): Promise<AgentChannel & { close(): Promise<void> }> {
+): Promise<AgentChannel & { close(): Promise<void>; readonly maxBodyBytes: number }> {
   if (settings.bus.kind === "servicebus") {
     const { createServiceBusAgentChannel } = await import("../../adapters/servicebus/bus.js");
-    return createServiceBusAgentChannel({
+    const channel = createServiceBusAgentChannel({
       fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace,
       credential: await credential(),
     });
+    // Service Bus Standard carries 256 KiB per message; keep room for headers.
+    return Object.assign(channel, { maxBodyBytes: 240_000 });
   }
   const { createStorageQueueBus } = await import("../../adapters/storage-queue/bus.js");
   return createStorageQueueBus({ connectionString: settings.bus.connectionString });
@@ -122,6 +124,7 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
       attestationPeriodSeconds: settings.attestationPeriodSeconds,
       encryption: settings.releaseEncryption,
       maxDeliveryCount: settings.maxDeliveryCount,
+      maxResultBytes: agents.maxBodyBytes,
     },
   );
   return {
