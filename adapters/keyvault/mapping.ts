@@ -207,13 +207,17 @@ function isRestError(error: unknown): error is RestErrorShape {
 }
 
 /** Key Vault's own error code and message from the response body, when there is one. */
-function serviceError(error: RestErrorShape): { code?: string; message?: string } {
+function serviceError(error: RestErrorShape): { code?: string; message?: string; innerCode?: string } {
   const details = error.details;
   if (isObject(details) && isObject(details["error"])) {
     const inner = details["error"];
+    const innerError = inner["innererror"];
     return {
       ...(typeof inner["code"] === "string" ? { code: inner["code"] } : {}),
       ...(typeof inner["message"] === "string" ? { message: inner["message"] } : {}),
+      ...(isObject(innerError) && typeof innerError["code"] === "string"
+        ? { innerCode: innerError["code"] }
+        : {}),
     };
   }
   return typeof error.code === "string" ? { code: error.code } : {};
@@ -233,6 +237,15 @@ export function sanitizeServiceMessage(message: string | undefined): string {
     .trim();
   return cleaned.length > 300 ? `${cleaned.slice(0, 300)}…` : cleaned;
 }
+
+/** Key Vault's codes for a caller that lacks permission (as opposed to a release-policy refusal). */
+const PERMISSION_CODES = new Set([
+  "ForbiddenByRbac",
+  "ForbiddenByPolicy",
+  "AccessDenied",
+  "ForbiddenByFirewall",
+  "ForbiddenByConnection",
+]);
 
 const SYSTEM_TIMEOUT_CODES = new Set(["ETIMEDOUT", "ESOCKETTIMEDOUT", "UND_ERR_CONNECT_TIMEOUT"]);
 
@@ -256,7 +269,12 @@ export function keyVaultError(error: unknown, operation: KeyVaultOperation, keyN
     if (status === 429) return make("ERR_THROTTLED", `${subject} was throttled`);
     if (status === 408) return make("ERR_TIMEOUT", `${subject} timed out`);
     if (status >= 500) return make("ERR_UPSTREAM_UNAVAILABLE", `${subject} failed: HTTP ${status}${code}`);
-    if (status === 403 && operation === "release") {
+    // A 403 for missing permissions (RBAC, access policy, firewall) is the operator's problem,
+    // not a verdict on the workload's evidence.
+    const permission = [service.code, service.innerCode].some(
+      (c) => c !== undefined && PERMISSION_CODES.has(c),
+    );
+    if (status === 403 && operation === "release" && !permission) {
       const reason = sanitizeServiceMessage(service.message);
       return make(
         "ERR_POLICY_DENIED",

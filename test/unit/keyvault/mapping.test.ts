@@ -78,6 +78,24 @@ describe("keyVaultError", () => {
     expect(keyVaultError(shield, "get", "k")).toBe(shield);
   });
 
+  it("tells a permission refusal (RBAC, access policy) from a release-policy refusal", () => {
+    const rbac = restError(403, { code: "Forbidden", message: "Caller is not authorized" });
+    rbac.details = {
+      error: {
+        code: "Forbidden",
+        message: "Caller is not authorized",
+        innererror: { code: "ForbiddenByRbac" },
+      },
+    };
+    expect(keyVaultError(rbac, "release", "k1").code).toBe("ERR_CONFIG");
+    expect(keyVaultError(restError(403, { code: "AccessDenied", message: "no" }), "release", "k1").code).toBe(
+      "ERR_CONFIG",
+    );
+    expect(
+      keyVaultError(restError(403, { code: "Forbidden", message: "policy" }), "release", "k1").code,
+    ).toBe("ERR_POLICY_DENIED");
+  });
+
   it("keeps Key Vault's reason for a refused release but nothing token-like", () => {
     const token = `eyJhbGciOiJSUzI1NiJ9.${"eyJpc3MiOiJodHRwczovL2EifQ"}.${"c2lnbmF0dXJl".repeat(8)}`;
     const mapped = keyVaultError(
