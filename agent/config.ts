@@ -78,6 +78,8 @@ export interface AgentConfig {
     readonly requestQueue: string;
     readonly resultQueue: string;
   };
+  /** Who may sign Key Vault release responses; at least one is needed to start. */
+  readonly releaseSigner: { readonly caFile?: string; readonly host?: string };
   /** 0: only when challenged. */
   readonly reattestSeconds: number;
   readonly timeouts: {
@@ -221,6 +223,20 @@ const listenAddress = raw.transform((value, ctx): ListenAddress => {
     return z.NEVER;
   }
   return parsed;
+});
+
+const hostName = raw.transform((value, ctx): string | undefined => {
+  if (unset(value)) return undefined;
+  const text = value!.trim().toLowerCase();
+  if (
+    !/^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$/.test(
+      text,
+    )
+  ) {
+    ctx.addIssue({ code: "custom", message: "a host name, e.g. contoso.vault.azure.net" });
+    return z.NEVER;
+  }
+  return text;
 });
 
 const serviceBusNamespace = raw.transform((value, ctx): string | undefined => {
@@ -368,9 +384,22 @@ export const AGENT_VARIABLES = {
       "Queue (session = agent id on Service Bus) the agent receives results, challenges and key events on.",
     schema: identifierValue("attestation-results"),
   },
+  SHIELD_RELEASE_SIGNER_CA_FILE: {
+    default: "unset",
+    meaning:
+      "PEM file of the certificates trusted to sign Key Vault release responses (the signer itself or a CA above it). For the embedded default: the local Key Vault-compatible server's signer.",
+    schema: path(undefined),
+  },
+  SHIELD_RELEASE_SIGNER_HOST: {
+    default: "unset",
+    meaning:
+      "Key Vault or Managed HSM host (e.g. contoso.vault.azure.net) the release-response signing certificate must be issued to; without SHIELD_RELEASE_SIGNER_CA_FILE its chain must reach a public CA that Node ships, as Microsoft's SKR sidecar checks it.",
+    schema: hostName,
+  },
   SHIELD_REATTEST_SECONDS: {
     default: "3600",
-    meaning: "Re-attest on its own this often, besides answering challenges; 0 only answers challenges.",
+    meaning:
+      "Re-attest on its own this often (and always before attestedUntil), besides answering challenges and rotations; 0: only then, and keys are wiped when the attestation lapses.",
     schema: integer(0, 7 * 24 * 3600, 3600),
   },
   SHIELD_EVIDENCE_TIMEOUT_MS: {
@@ -450,6 +479,12 @@ export function loadAgentConfig(env: Environment): ConfigResult {
       requestQueue: values.SHIELD_REQUEST_QUEUE ?? "attestation-requests",
       resultQueue: values.SHIELD_RESULT_QUEUE ?? "attestation-results",
     },
+    releaseSigner: {
+      ...(values.SHIELD_RELEASE_SIGNER_CA_FILE === undefined
+        ? {}
+        : { caFile: values.SHIELD_RELEASE_SIGNER_CA_FILE }),
+      ...(values.SHIELD_RELEASE_SIGNER_HOST === undefined ? {} : { host: values.SHIELD_RELEASE_SIGNER_HOST }),
+    },
     reattestSeconds: values.SHIELD_REATTEST_SECONDS ?? 3600,
     timeouts: {
       evidenceMs: values.SHIELD_EVIDENCE_TIMEOUT_MS ?? 10_000,
@@ -482,6 +517,11 @@ export function startRequirements(config: AgentConfig): string[] {
   }
   if (config.bus.transport === "storage-queue" && config.bus.storageConnectionString === undefined) {
     problems.push("SHIELD_STORAGE_CONNECTION_STRING: required when SHIELD_BUS=storage-queue");
+  }
+  if (config.releaseSigner.caFile === undefined && config.releaseSigner.host === undefined) {
+    problems.push(
+      "SHIELD_RELEASE_SIGNER_CA_FILE or SHIELD_RELEASE_SIGNER_HOST: required to verify who signed the keys Key Vault releases",
+    );
   }
   return problems;
 }

@@ -1,15 +1,21 @@
 /**
  * The agent's entry point: `npm run -s agent -- [--help]`. It reads and checks the
- * configuration, finds the TEE interface to take evidence from, and hands both to `start`
- * (the attestation loop). Exit codes: 0 normal end or help, 1 no usable TEE interface, 2
- * configuration or usage error.
+ * configuration, finds the TEE interface to take evidence from, and hands both to `start`:
+ * by default `runAgent`, which makes the runtime key, opens the bus, starts the agent and the
+ * local key API, and on SIGTERM or SIGINT wipes every key, closes everything and ends with 0.
+ * Exit codes: 0 normal end or help, 1 no usable TEE interface, 2 configuration or usage error
+ * (including a key API address that cannot be bound and a bus that cannot be opened).
  *
  * Importing this module does nothing; it runs `main` only when it is the process's entry point.
  */
 import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { isShieldError } from "../core/errors.js";
+import type { SignerTrust } from "../core/keywrap/index.js";
+import type { Clock, Random } from "../core/ports/clock.js";
 import type { Logger, LogLevel } from "../core/ports/logger.js";
+import { createAgent, type Agent, type AgentTiming } from "./agent.js";
+import { openAgentBus, type AgentBus } from "./bus.js";
 import {
   LOG_LEVELS,
   loadAgentConfig,
@@ -20,8 +26,14 @@ import {
 } from "./config.js";
 import type { EvidenceProvider } from "./evidence/provider.js";
 import { selectProvider, type SelectOptions } from "./evidence/select.js";
+import { startKeyApi, type KeyApi } from "./key-api.js";
+import { openKeyFiles, type KeyFiles } from "./key-files.js";
+import { releaseSignerTrust } from "./release-signers.js";
+import { createRuntimeKey } from "./runtime-key.js";
 
 export const EXIT_CODES = Object.freeze({ ok: 0, noTee: 1, config: 2 });
+/** After `main` has returned, how long pending I/O may keep the process before it exits anyway. */
+const EXIT_GRACE_MS = 3_000;
 
 export interface MainIo {
   stdout(text: string): void;
@@ -40,8 +52,26 @@ export interface MainOptions {
   readonly io?: MainIo;
   /** Passed to provider selection (tests build providers against fakes). */
   readonly select?: SelectOptions;
-  /** Runs the agent; its result is the exit code. */
+  /** Runs the agent; its result is the exit code (default `runAgent`). */
   readonly start?: (context: StartContext) => Promise<number>;
+  /** Options of the default `runAgent`. */
+  readonly runtime?: RuntimeOptions;
+}
+
+/** What `runAgent` takes besides the configuration; every field has a production default. */
+export interface RuntimeOptions {
+  /** Opens the bus (default: the transport SHIELD_BUS names). */
+  readonly openBus?: (config: AgentConfig, logger: Logger) => Promise<AgentBus>;
+  /** Ends the agent as SIGTERM would; when given, no signal handlers are installed. */
+  readonly shutdown?: AbortSignal;
+  /** Replaces the signer trust the configuration names. */
+  readonly releaseSigners?: SignerTrust;
+  /** Overrides timings derived from the configuration. */
+  readonly timing?: AgentTiming;
+  readonly clock?: Clock;
+  readonly random?: Random;
+  /** Called once the agent and the key API are running. */
+  readonly onRunning?: (running: { readonly agent: Agent; readonly api: KeyApi }) => void;
 }
 
 const processIo: MainIo = {
@@ -111,15 +141,114 @@ export async function main(
     );
     return EXIT_CODES.config;
   }
-  return (options.start ?? startWithoutBus)({ config, provider, logger, io });
+  const start = options.start ?? ((context: StartContext) => runAgent(context, options.runtime));
+  return start({ config, provider, logger, io });
 }
 
-/** Until the bus round trip is composed here, a start ends after selecting the provider. */
-function startWithoutBus(context: StartContext): Promise<number> {
-  context.logger("warn", "no attestation loop is composed into this build; stopping", {
-    provider: context.provider.name,
+/**
+ * Runs the agent until SIGTERM or SIGINT (or `runtime.shutdown`): runtime key, bus, agent, key
+ * API; then wipes every key, closes the key API and the bus, and returns 0. A start-up problem
+ * (signer trust, key directory, bus, key API address) is reported on stderr and returns 2.
+ */
+export async function runAgent(context: StartContext, runtime: RuntimeOptions = {}): Promise<number> {
+  const { config, provider, logger, io } = context;
+  const failed = (what: string, error: unknown): number => {
+    // Only our own error messages are shown: an SDK's could quote a connection string.
+    const detail = isShieldError(error)
+      ? `${error.code}: ${error.message}`
+      : error instanceof Error && "code" in error && typeof error.code === "string"
+        ? error.code
+        : "unexpected error";
+    io.stderr(`shield-agent: ${what}: ${detail}`);
+    return EXIT_CODES.config;
+  };
+
+  let releaseSigners: SignerTrust;
+  let keyFiles: KeyFiles | undefined;
+  try {
+    releaseSigners = runtime.releaseSigners ?? (await releaseSignerTrust(config.releaseSigner));
+    if (config.keyDir !== undefined) {
+      keyFiles = await openKeyFiles({ dir: config.keyDir, names: config.keys, logger });
+    }
+  } catch (error) {
+    return failed("configuration error", error);
+  }
+  const runtimeKey = await createRuntimeKey({ bits: config.runtimeKeyBits });
+
+  let bus: AgentBus;
+  try {
+    bus = await (runtime.openBus ?? openAgentBus)(config, logger);
+  } catch (error) {
+    return failed(`the ${config.bus.transport} bus cannot be opened`, error);
+  }
+  const agent = createAgent({
+    agentId: config.agentId,
+    workload: config.workload,
+    keys: config.keys,
+    provider,
+    runtimeKey,
+    requests: bus.requests,
+    inbox: bus.inbox,
+    releaseSigners,
+    ...(keyFiles === undefined ? {} : { keyFiles }),
+    timing: {
+      resultTimeoutMs: config.timeouts.resultSeconds * 1000,
+      reattestIntervalMs: config.reattestSeconds * 1000,
+      ...runtime.timing,
+    },
+    ...(runtime.clock === undefined ? {} : { clock: runtime.clock }),
+    ...(runtime.random === undefined ? {} : { random: runtime.random }),
+    logger,
   });
-  return Promise.resolve(EXIT_CODES.ok);
+  let api: KeyApi;
+  try {
+    api = await startKeyApi({
+      listen: config.listen,
+      allowNonLoopback: config.allowNonLoopback,
+      agent,
+      logger,
+    });
+  } catch (error) {
+    await bus.close();
+    return failed("the key API cannot listen on SHIELD_LISTEN", error);
+  }
+
+  const shutdown: { signal: AbortSignal; dispose?: () => void } =
+    runtime.shutdown === undefined ? processShutdown() : { signal: runtime.shutdown };
+  try {
+    await agent.start();
+    runtime.onRunning?.({ agent, api });
+    await aborted(shutdown.signal);
+    logger("info", "shutting down: wiping keys", { agentId: config.agentId });
+  } finally {
+    await agent.stop();
+    await api.close();
+    await bus.close();
+    shutdown.dispose?.();
+  }
+  return EXIT_CODES.ok;
+}
+
+/** SIGTERM and SIGINT as an abort signal; `dispose` removes the handlers. */
+function processShutdown(): { signal: AbortSignal; dispose(): void } {
+  const controller = new AbortController();
+  const onSignal = (): void => controller.abort();
+  process.once("SIGTERM", onSignal);
+  process.once("SIGINT", onSignal);
+  return {
+    signal: controller.signal,
+    dispose() {
+      process.off("SIGTERM", onSignal);
+      process.off("SIGINT", onSignal);
+    },
+  };
+}
+
+function aborted(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve();
+    else signal.addEventListener("abort", () => resolve(), { once: true });
+  });
 }
 
 function noTeeMessage(error: unknown): string {
@@ -156,6 +285,8 @@ if (invokedAsEntryPoint()) {
   main(process.argv.slice(2), process.env).then(
     (code) => {
       process.exitCode = code;
+      // An SDK still retrying a request must not hold the exit past the orchestrator's grace period.
+      setTimeout(() => process.exit(code), EXIT_GRACE_MS).unref();
     },
     (error: unknown) => {
       process.stderr.write(`shield-agent: ${error instanceof Error ? error.message : String(error)}\n`);

@@ -151,18 +151,30 @@ describe("agent configuration", () => {
   });
 
   it("says what the bus round trip still needs", () => {
+    const signer =
+      "SHIELD_RELEASE_SIGNER_CA_FILE or SHIELD_RELEASE_SIGNER_HOST: required to verify who signed the keys Key Vault releases";
     expect(startRequirements(ok({}))).toEqual([
       "SHIELD_KEYS: at least one Key Vault key name is needed",
       "SHIELD_SERVICEBUS_NAMESPACE: required when SHIELD_BUS=servicebus",
-    ]);
-    expect(startRequirements(ok({ SHIELD_KEYS: "k", SHIELD_BUS: "storage-queue" }))).toEqual([
-      "SHIELD_STORAGE_CONNECTION_STRING: required when SHIELD_BUS=storage-queue",
+      signer,
     ]);
     expect(
       startRequirements(
-        ok({ SHIELD_KEYS: "k", SHIELD_SERVICEBUS_NAMESPACE: "contoso.servicebus.windows.net" }),
+        ok({ SHIELD_KEYS: "k", SHIELD_BUS: "storage-queue", SHIELD_RELEASE_SIGNER_CA_FILE: "/ca.pem" }),
+      ),
+    ).toEqual(["SHIELD_STORAGE_CONNECTION_STRING: required when SHIELD_BUS=storage-queue"]);
+    expect(
+      startRequirements(
+        ok({
+          SHIELD_KEYS: "k",
+          SHIELD_SERVICEBUS_NAMESPACE: "contoso.servicebus.windows.net",
+          SHIELD_RELEASE_SIGNER_HOST: "contoso.vault.azure.net",
+        }),
       ),
     ).toEqual([]);
+    expect(problems({ SHIELD_RELEASE_SIGNER_HOST: "https://contoso.vault.azure.net/" })[0]).toContain(
+      "SHIELD_RELEASE_SIGNER_HOST",
+    );
     expect(problems({ SHIELD_SERVICEBUS_NAMESPACE: "contoso" })[0]).toContain("fully qualified namespace");
   });
 

@@ -85,6 +85,7 @@ describe("agent entry point", () => {
         SHIELD_TEE: "simulated",
         SHIELD_KEYS: "orders",
         SHIELD_SERVICEBUS_NAMESPACE: "contoso.servicebus.windows.net",
+        SHIELD_RELEASE_SIGNER_HOST: "contoso.vault.azure.net",
         SHIELD_LOG_LEVEL: "error",
       },
       {

@@ -1,0 +1,71 @@
+/**
+ * The agent's end of the bus, chosen by `SHIELD_BUS`: Azure Service Bus (requests on
+ * `attestation-requests`, its own session on `attestation-results`, signed in with
+ * DefaultAzureCredential — the pod's managed or workload identity) or Azure Storage Queues
+ * (Azurite in the embedded default; a connection string). Each adapter and its SDK is loaded
+ * only when chosen, with a dynamic import of a fixed module, so a bundle holds both and a start
+ * pays only for one.
+ */
+import type { AgentInbox, RequestChannel } from "../core/ports/bus.js";
+import type { Logger } from "../core/ports/logger.js";
+import type { AgentConfig } from "./config.js";
+
+export interface AgentBus {
+  readonly requests: RequestChannel;
+  readonly inbox: AgentInbox;
+  /** Closes what was opened here (the inbox too, should the agent not have closed it). */
+  close(): Promise<void>;
+}
+
+export async function openAgentBus(config: AgentConfig, logger: Logger): Promise<AgentBus> {
+  return config.bus.transport === "storage-queue"
+    ? openStorageQueueBus(config, logger)
+    : openServiceBus(config, logger);
+}
+
+async function openStorageQueueBus(config: AgentConfig, logger: Logger): Promise<AgentBus> {
+  const connectionString = config.bus.storageConnectionString;
+  if (connectionString === undefined) throw new TypeError("SHIELD_STORAGE_CONNECTION_STRING is required");
+  const { createStorageQueueBus } = await import("../adapters/storage-queue/bus.js");
+  const bus = createStorageQueueBus({
+    connectionString: connectionString.reveal(),
+    requestsQueue: config.bus.requestQueue,
+    logger,
+  });
+  const inbox = bus.openAgentInbox(config.agentId);
+  return {
+    requests: bus,
+    inbox,
+    async close() {
+      await inbox.close();
+      await bus.close();
+    },
+  };
+}
+
+async function openServiceBus(config: AgentConfig, logger: Logger): Promise<AgentBus> {
+  const namespace = config.bus.serviceBusNamespace;
+  if (namespace === undefined) throw new TypeError("SHIELD_SERVICEBUS_NAMESPACE is required");
+  const { DefaultAzureCredential } = await import("@azure/identity");
+  const { createServiceBusClient } = await import("../adapters/servicebus/client.js");
+  const { createServiceBusAgentInbox, createServiceBusRequestChannel } =
+    await import("../adapters/servicebus/bus.js");
+  // One AMQP connection for both directions.
+  const client = await createServiceBusClient(namespace, new DefaultAzureCredential());
+  const requests = createServiceBusRequestChannel({ client, requestsQueue: config.bus.requestQueue, logger });
+  const inbox = createServiceBusAgentInbox({
+    client,
+    agentId: config.agentId,
+    resultsQueue: config.bus.resultQueue,
+    logger,
+  });
+  return {
+    requests,
+    inbox,
+    async close() {
+      await inbox.close();
+      await requests.close();
+      await client.close();
+    },
+  };
+}

@@ -1,0 +1,263 @@
+/**
+ * The entry point with its default start: runtime key, bus, agent and key API composed by
+ * `main`, run against the in-memory bus and a fake attest responder, and ended as SIGTERM would.
+ */
+import { spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { createServer, type Server } from "node:net";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MemoryBus } from "../../../adapters/local/bus/memory.js";
+import type { Agent } from "../../../agent/agent.js";
+import type { KeyApi } from "../../../agent/key-api.js";
+import { EXIT_CODES, main, type MainIo, type RuntimeOptions } from "../../../agent/main.js";
+import {
+  createSimulatedSnpPlatform,
+  type SimulatedSnpPlatform,
+} from "../../../core/evidence/simulated/sevsnp.js";
+import type { ReleaseResponseSigner } from "../../../core/keywrap/index.js";
+import { tempDir } from "./fakes.js";
+import { FakeVault, makeSigner, startFakeResponder } from "./responder.js";
+
+let platform: SimulatedSnpPlatform;
+let signer: ReleaseResponseSigner;
+let dir: string;
+
+beforeAll(async () => {
+  platform = createSimulatedSnpPlatform({ rsaBits: 2048 });
+  signer = makeSigner();
+  dir = await tempDir("run");
+  await writeFile(join(dir, "signer.pem"), signer.certificateChain[0]!.toString());
+  await writeFile(join(dir, "other.pem"), makeSigner("other").certificateChain[0]!.toString());
+});
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function capture(): MainIo & { err: string[] } {
+  const err: string[] = [];
+  return { err, stdout: () => undefined, stderr: (text) => err.push(text) };
+}
+
+function env(agentId: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    SHIELD_AGENT_ID: agentId,
+    SHIELD_TEE: "simulated",
+    SHIELD_KEYS: "orders",
+    SHIELD_BUS: "storage-queue",
+    SHIELD_STORAGE_CONNECTION_STRING: "UseDevelopmentStorage=true",
+    SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "signer.pem"),
+    SHIELD_LISTEN: "127.0.0.1:0",
+    SHIELD_LOG_LEVEL: "debug",
+    ...extra,
+  };
+}
+
+function memoryBus(bus: MemoryBus, agentId: string): RuntimeOptions["openBus"] {
+  return () => {
+    const inbox = bus.openAgentInbox(agentId);
+    return Promise.resolve({ requests: bus, inbox, close: () => inbox.close() });
+  };
+}
+
+const FAST = { resultTimeoutMs: 1_000, retryBaseDelayMs: 10, retryMaxDelayMs: 50, receiveWaitMs: 100 };
+
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error("condition not met in time");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+describe("main: the default start", () => {
+  it("runs bus, agent and key API, writes key files, and on shutdown wipes everything and exits 0", async () => {
+    const agentId = "run-agent-1";
+    const keyDir = join(dir, "keys");
+    await mkdir(keyDir);
+    const bus = new MemoryBus();
+    const vault = new FakeVault();
+    const key = vault.addOct("orders", "v1", randomBytes(32));
+    const responder = startFakeResponder({ bus, vault, signer });
+    const shutdown = new AbortController();
+    let running: { agent: Agent; api: KeyApi } | undefined;
+    const io = capture();
+    const exit = main([], env(agentId, { SHIELD_KEY_DIR: keyDir }), {
+      io,
+      select: { simulated: { platform } },
+      runtime: {
+        openBus: memoryBus(bus, agentId),
+        shutdown: shutdown.signal,
+        timing: FAST,
+        onRunning: (given) => (running = given),
+      },
+    });
+    try {
+      await until(() => running !== undefined);
+      const url = running!.api.url;
+      expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+      await until(async () => (await fetch(`${url}/readyz`)).status === 200);
+      const body = Buffer.from(await (await fetch(`${url}/keys/orders`)).arrayBuffer());
+      expect(body.equals(key.plaintext)).toBe(true);
+      await until(async () => (await readdir(keyDir)).includes("orders"));
+      expect((await readFile(join(keyDir, "orders"))).equals(key.plaintext)).toBe(true);
+      expect((await stat(join(keyDir, "orders"))).mode & 0o777).toBe(0o600);
+      const held = running!.agent.keys.get("orders")!;
+
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      expect(held.material.every((byte) => byte === 0)).toBe(true);
+      expect(running!.agent.state().name).toBe("stopped");
+      expect(await readdir(keyDir)).toEqual([]);
+      await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+      // Log lines are JSON, and none holds the key.
+      const lines = io.err.map((line) => JSON.parse(line) as { message: string });
+      expect(lines.some((line) => line.message === "attestation trusted")).toBe(true);
+      for (const form of ["hex", "base64", "base64url"] as const) {
+        expect(io.err.join("\n")).not.toContain(key.plaintext.toString(form));
+      }
+    } finally {
+      shutdown.abort();
+      await exit;
+      await responder.stop();
+      await bus.close();
+    }
+  });
+
+  it("trusts only the release signers the CA file names", async () => {
+    const agentId = "run-agent-2";
+    const bus = new MemoryBus();
+    const vault = new FakeVault();
+    vault.addOct("orders", "v1", randomBytes(32));
+    const responder = startFakeResponder({ bus, vault, signer });
+    const shutdown = new AbortController();
+    let running: { agent: Agent; api: KeyApi } | undefined;
+    const exit = main([], env(agentId, { SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "other.pem") }), {
+      io: capture(),
+      select: { simulated: { platform } },
+      runtime: {
+        openBus: memoryBus(bus, agentId),
+        shutdown: shutdown.signal,
+        timing: FAST,
+        onRunning: (given) => (running = given),
+      },
+    });
+    try {
+      await until(() => running?.agent.state().name === "failed");
+      expect(running!.agent.state().reason).toBe("ERR_RELEASE_RESPONSE_SIGNATURE");
+      expect((await fetch(`${running!.api.url}/keys/orders`)).status).toBe(403);
+    } finally {
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      await responder.stop();
+      await bus.close();
+    }
+  });
+
+  it("exits 2 when the key API address is taken, closing the bus it opened", async () => {
+    const taken: Server = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const port = (taken.address() as { port: number }).port;
+    const bus = new MemoryBus();
+    let closed = false;
+    const io = capture();
+    try {
+      const code = await main([], env("run-agent-3", { SHIELD_LISTEN: `127.0.0.1:${port}` }), {
+        io,
+        select: { simulated: { platform } },
+        runtime: {
+          openBus: () =>
+            Promise.resolve({
+              requests: bus,
+              inbox: bus.openAgentInbox("run-agent-3"),
+              close: () => {
+                closed = true;
+                return Promise.resolve();
+              },
+            }),
+          shutdown: new AbortController().signal,
+        },
+      });
+      expect(code).toBe(EXIT_CODES.config);
+      expect(io.err.join("\n")).toContain("the key API cannot listen on SHIELD_LISTEN: EADDRINUSE");
+      expect(closed).toBe(true);
+    } finally {
+      await new Promise((resolve) => taken.close(resolve));
+      await bus.close();
+    }
+  });
+
+  it("exits 2 when the signer CA file or the key directory is unusable", async () => {
+    const cases: Record<string, string>[] = [
+      { SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "missing.pem") },
+      { SHIELD_KEY_DIR: join(dir, "no-such-dir") },
+    ];
+    for (const extra of cases) {
+      const io = capture();
+      const code = await main([], env("run-agent-4", extra), {
+        io,
+        select: { simulated: { platform } },
+        runtime: { shutdown: new AbortController().signal },
+      });
+      expect(code).toBe(EXIT_CODES.config);
+      expect(io.err.join("\n")).toMatch(
+        /configuration error: ERR_CONFIG: SHIELD_(RELEASE_SIGNER_CA_FILE|KEY_DIR)/,
+      );
+    }
+  });
+
+  it("exits 2 without showing the connection string when the bus cannot be opened", async () => {
+    const io = capture();
+    const code = await main([], env("run-agent-5", { SHIELD_REQUEST_QUEUE: "Not_A_Queue" }), {
+      io,
+      select: { simulated: { platform } },
+      runtime: { shutdown: new AbortController().signal },
+    });
+    expect(code).toBe(EXIT_CODES.config);
+    const text = io.err.join("\n");
+    expect(text).toContain("the storage-queue bus cannot be opened: ERR_CONFIG");
+    expect(text).not.toContain("UseDevelopmentStorage");
+  });
+});
+
+describe("the agent process", () => {
+  it("on SIGTERM or SIGINT wipes, closes and exits 0", async () => {
+    const run = (signal: "SIGTERM" | "SIGINT") =>
+      new Promise<{ code: number | null; stderr: string; afterSignalMs: number }>((resolve, reject) => {
+        const child = spawn(process.execPath, ["--import", "tsx", "agent/main.ts"], {
+          cwd: process.cwd(),
+          env: {
+            PATH: process.env["PATH"] ?? "",
+            ...env(`process-agent-${signal.toLowerCase()}`, {
+              // Nothing listens there: the agent keeps retrying until it is told to stop.
+              SHIELD_STORAGE_CONNECTION_STRING:
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+              SHIELD_LOG_LEVEL: "info",
+            }),
+          },
+          stdio: ["ignore", "ignore", "pipe"],
+        });
+        let stderr = "";
+        let signalledAt = 0;
+        child.stderr.on("data", (chunk: Buffer) => {
+          stderr += chunk.toString("utf8");
+          if (signalledAt === 0 && stderr.includes('"agent starting"')) {
+            signalledAt = Date.now();
+            child.kill(signal);
+          }
+        });
+        child.on("error", reject);
+        child.on("exit", (code) => resolve({ code, stderr, afterSignalMs: Date.now() - signalledAt }));
+      });
+    const outcomes = await Promise.all([run("SIGTERM"), run("SIGINT")]);
+    for (const outcome of outcomes) {
+      expect(outcome.code).toBe(0);
+      expect(outcome.stderr).toContain('"message":"shutting down: wiping keys"');
+      expect(outcome.stderr).toContain('"message":"agent stopped"');
+      expect(outcome.afterSignalMs).toBeLessThan(6_000);
+    }
+  }, 30_000);
+});
