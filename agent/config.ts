@@ -67,6 +67,7 @@ export interface AgentConfig {
   readonly snpChainFile?: string;
   readonly uvmSecurityContextDir?: string;
   readonly gramine: { readonly root: string };
+  readonly simulated: { readonly platformFile?: string; readonly hostData?: string };
   readonly runtimeKeyBits: RuntimeKeyBits;
   readonly listen: ListenAddress;
   readonly allowNonLoopback: boolean;
@@ -323,6 +324,27 @@ export const AGENT_VARIABLES = {
     meaning: "PEM file with VCEK, ASK, ARK (or ASK, ARK when the host supplies the VCEK); used before THIM.",
     schema: path(undefined),
   },
+  SHIELD_SIMULATED_PLATFORM: {
+    default: "unset (a new platform per start)",
+    meaning:
+      "With SHIELD_TEE=simulated: JSON file of a simulated SEV-SNP platform (what the embedded default writes), " +
+      "so the agent plays the TEE the local attestation server trusts. Development only.",
+    schema: path(undefined),
+  },
+  SHIELD_SIMULATED_HOST_DATA: {
+    default: "unset (zeros)",
+    meaning:
+      "With SHIELD_TEE=simulated: HOST_DATA (64 hex) the simulated reports carry, i.e. the workload measurement.",
+    schema: raw.transform((value, ctx): string | undefined => {
+      if (unset(value)) return undefined;
+      const text = value!.trim().toLowerCase();
+      if (!/^[0-9a-f]{64}$/.test(text)) {
+        ctx.addIssue({ code: "custom", message: "64 hex digits" });
+        return z.NEVER;
+      }
+      return text;
+    }),
+  },
   UVM_SECURITY_CONTEXT_DIR: {
     default: "first /security-context-*",
     meaning: "Confidential ACI security context (host-amd-cert-base64, reference-info-base64); ACI sets it.",
@@ -464,6 +486,14 @@ export function loadAgentConfig(env: Environment): ConfigResult {
       ? {}
       : { uvmSecurityContextDir: values.UVM_SECURITY_CONTEXT_DIR }),
     gramine: { root: values.SHIELD_GRAMINE_ROOT ?? DEFAULT_GRAMINE_ROOT },
+    simulated: {
+      ...(values.SHIELD_SIMULATED_PLATFORM === undefined
+        ? {}
+        : { platformFile: values.SHIELD_SIMULATED_PLATFORM }),
+      ...(values.SHIELD_SIMULATED_HOST_DATA === undefined
+        ? {}
+        : { hostData: values.SHIELD_SIMULATED_HOST_DATA }),
+    },
     runtimeKeyBits: values.SHIELD_RUNTIME_KEY_BITS,
     listen: values.SHIELD_LISTEN,
     allowNonLoopback: values.SHIELD_ALLOW_NON_LOOPBACK,

@@ -9,6 +9,7 @@
  * Importing this module does nothing; it runs `main` only when it is the process's entry point.
  */
 import { realpathSync } from "node:fs";
+import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import { isShieldError } from "../core/errors.js";
 import type { SignerTrust } from "../core/keywrap/index.js";
@@ -26,6 +27,11 @@ import {
 } from "./config.js";
 import type { EvidenceProvider } from "./evidence/provider.js";
 import { selectProvider, type SelectOptions } from "./evidence/select.js";
+import type { SimulatedProviderOptions } from "./evidence/simulated.js";
+import {
+  restoreSimulatedSnpPlatform,
+  type SimulatedSnpPlatformState,
+} from "../core/evidence/simulated/sevsnp.js";
 import { startKeyApi, type KeyApi } from "./key-api.js";
 import { openKeyFiles, type KeyFiles } from "./key-files.js";
 import { releaseSignerTrust } from "./release-signers.js";
@@ -128,7 +134,12 @@ export async function main(
 
   let provider: EvidenceProvider;
   try {
-    provider = await selectProvider(config, { logger, ...options.select });
+    const simulated = options.select?.simulated ?? (await simulatedFromConfig(config));
+    provider = await selectProvider(config, {
+      logger,
+      ...options.select,
+      ...(simulated === undefined ? {} : { simulated }),
+    });
   } catch (error) {
     io.stderr(noTeeMessage(error));
     return EXIT_CODES.noTee;
@@ -143,6 +154,17 @@ export async function main(
   }
   const start = options.start ?? ((context: StartContext) => runAgent(context, options.runtime));
   return start({ config, provider, logger, io });
+}
+
+/** The simulated TEE named by configuration: a platform file shared with a local attestation server. */
+async function simulatedFromConfig(config: AgentConfig): Promise<SimulatedProviderOptions | undefined> {
+  if (config.tee !== "simulated") return undefined;
+  const { platformFile, hostData } = config.simulated;
+  const reportFields =
+    hostData === undefined ? {} : { reportFields: { hostData: Buffer.from(hostData, "hex") } };
+  if (platformFile === undefined) return hostData === undefined ? undefined : reportFields;
+  const state = JSON.parse(await readFile(platformFile, "utf8")) as SimulatedSnpPlatformState;
+  return { platform: restoreSimulatedSnpPlatform(state), ...reportFields };
 }
 
 /**

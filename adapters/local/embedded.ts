@@ -8,30 +8,36 @@
  * back wrapped to that key and is unwrapped in memory. Every step uses the same adapters as
  * Azure — the MAA client, the Key Vault SDK, the Table and Queue clients — against local ends.
  *
+ * The agent serves the released key to the app on its loopback key API (127.0.0.1:8280).
  * `--once` stops after the round trip (used by the tests); otherwise it keeps serving until
  * Ctrl-C.
  */
 import { createHash } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startAzurite } from "./azurite.js";
 import { startLocalStack } from "./stack.js";
 import { startLocalFunctionsHost } from "./functions-host.js";
 import { localKeyVaultCredential } from "./keyvault/credential.js";
 import { createKeyVaultKeyStore } from "../keyvault/key-store.js";
 import { createStorageQueueBus } from "../storage-queue/bus.js";
-import { createSimulatedSnpPlatform } from "../../core/evidence/simulated/sevsnp.js";
+import {
+  createSimulatedSnpPlatform,
+  exportSimulatedSnpPlatform,
+} from "../../core/evidence/simulated/sevsnp.js";
 import { renderReleasePolicy, serializeReleasePolicy } from "../../core/policy/index.js";
-import { makeAttestationRequest, parseAttestationResult } from "../../core/messages/index.js";
 import type { Logger } from "../../core/ports/logger.js";
 import { attest } from "../../functions/attest.js";
 import { composition, resetComposition } from "../../functions/composition/root.js";
-import { createRuntimeKey } from "../../agent/runtime-key.js";
-import { createSimulatedProvider } from "../../agent/evidence/simulated.js";
-import { collectEvidence } from "../../agent/evidence/provider.js";
+import { main as agentMain } from "../../agent/main.js";
 
 export interface EmbeddedOptions {
   readonly once?: boolean;
   readonly print?: (line: string) => void;
   readonly verbose?: boolean;
+  /** The agent's key API address (default 127.0.0.1:8280). */
+  readonly listen?: string;
 }
 
 /** The demo workload's confidential-container policy; its sha256 is the measurement (hostData). */
@@ -109,52 +115,74 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
     stops.push(() => host.stop());
     print("  functions: attest (queue attestation-requests) running under the local host");
 
-    // The agent's side, inside the simulated confidential container.
-    const runtimeKey = await createRuntimeKey();
-    const provider = createSimulatedProvider({
-      platform,
-      reportFields: { hostData: Buffer.from(hostData, "hex") },
+    // The agent, as `npm run agent` runs it, playing the simulated confidential container.
+    const work = await mkdtemp(join(tmpdir(), "shield-embedded-"));
+    stops.push(() => rm(work, { recursive: true, force: true }));
+    const platformFile = join(work, "simulated-platform.json");
+    const signerFile = join(work, "release-signer.pem");
+    await writeFile(platformFile, JSON.stringify(exportSimulatedSnpPlatform(platform)), { mode: 0o600 });
+    await writeFile(signerFile, stack.vault.signerCertificates.map((cert) => cert.toString()).join(""));
+    const agentEnv: Record<string, string> = {
+      SHIELD_AGENT_ID: "demo-agent",
+      SHIELD_WORKLOAD: "orders",
+      SHIELD_KEYS: DEMO_KEY,
+      SHIELD_TEE: "simulated",
+      SHIELD_SIMULATED_PLATFORM: platformFile,
+      SHIELD_SIMULATED_HOST_DATA: hostData,
+      SHIELD_BUS: "storage-queue",
+      SHIELD_STORAGE_CONNECTION_STRING: azurite.connectionString,
+      SHIELD_RELEASE_SIGNER_CA_FILE: signerFile,
+      SHIELD_LISTEN: options.listen ?? "127.0.0.1:8280",
+      SHIELD_REATTEST_SECONDS: "600",
+    };
+    const shutdown = new AbortController();
+    let keyApiUrl: string | undefined;
+    const agentExit = agentMain([], agentEnv, {
+      io: {
+        stdout: (text) => print(`  agent: ${text.trimEnd()}`),
+        stderr: (text) => logger("info", `agent: ${text.trimEnd()}`),
+      },
+      runtime: {
+        shutdown: shutdown.signal,
+        onRunning: (running) => {
+          keyApiUrl = running.api.url;
+        },
+      },
     });
-    const agentId = "demo-agent";
-    const evidence = await collectEvidence(provider, {
-      runtimeData: Buffer.from(runtimeKey.runtimeData.bytes),
-      reportData: Buffer.from(runtimeKey.runtimeData.reportData),
+    stops.push(async () => {
+      shutdown.abort();
+      await agentExit;
     });
-    const requestId = `demo-${Date.now()}`;
-    await bus.sendRequest(
-      makeAttestationRequest({
-        agentId,
-        requestId,
-        workload: "orders",
-        tee: "sevsnp",
-        evidence,
-        runtimeData: runtimeKey.runtimeData.base64url,
-        keys: [DEMO_KEY],
-        sentAt: new Date(),
-      }),
+    const readyBy = Date.now() + 30_000;
+    for (;;) {
+      if (keyApiUrl !== undefined) {
+        const ready = await fetch(`${keyApiUrl}/readyz`).catch(() => undefined);
+        if (ready?.status === 200) break;
+      }
+      const early = await Promise.race([
+        agentExit,
+        new Promise((resolve) => setTimeout(resolve, 100, "waiting")),
+      ]);
+      if (early !== "waiting") throw new Error(`the agent stopped with exit code ${String(early)}`);
+      if (Date.now() > readyBy) throw new Error("the agent was not ready within 30 s");
+    }
+    const status = (await (await fetch(`${keyApiUrl}/status`)).json()) as {
+      state?: string;
+      attestedUntil?: string;
+    };
+    const response = await fetch(`${keyApiUrl}/keys/${DEMO_KEY}`);
+    const material = Buffer.from(await response.arrayBuffer());
+    const released = [
+      { name: DEMO_KEY, version: response.headers.get("x-key-version") ?? "?", bytes: material.length },
+    ];
+    material.fill(0);
+    print(
+      `  agent demo-agent: ${status.state ?? "?"} until ${status.attestedUntil ?? "?"}; key API ${keyApiUrl}`,
     );
-    print(`  agent ${agentId}: evidence sent (runtime key ${runtimeKey.kid}), waiting for the result…`);
-    const inbox = bus.openAgentInbox(agentId);
-    stops.push(() => inbox.close());
-    const received = await inbox.receive(30_000);
-    if (received === undefined) throw new Error("no attestation result within 30 s");
-    const result = parseAttestationResult(received.body, { maxBytes: 256 * 1024 });
-    if (result.verdict !== "trusted") {
-      throw new Error(`attestation ${result.verdict}: ${result.denial.code} ${result.denial.message}`);
-    }
-    const released = result.keys.map((key) => {
-      const unwrapped = runtimeKey.unwrapReleased(key.releaseResponse, {
-        trustedSigners: [...stack.vault.signerCertificates],
-      });
-      const bytes = "bytes" in unwrapped ? unwrapped.bytes.length : 0;
-      if ("bytes" in unwrapped) unwrapped.bytes.fill(0);
-      return { name: key.name, version: key.version, bytes };
-    });
-    for (const key of released) {
-      print(
-        `  agent ${agentId}: trusted until ${result.attestedUntil}; ${key.name} v${key.version} unwrapped in memory (${key.bytes} bytes)`,
-      );
-    }
+    print(
+      `  the app's view: GET ${keyApiUrl}/keys/${DEMO_KEY} → ${released[0]!.bytes} bytes, version ${released[0]!.version}`,
+    );
+    print(`  try: curl -s ${keyApiUrl}/status ; curl -s ${keyApiUrl}/keys/${DEMO_KEY} | xxd`);
     print(
       "Round trip complete: evidence → MAA-compatible token → release policy → key wrapped to the enclave key.",
     );

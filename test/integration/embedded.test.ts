@@ -8,7 +8,7 @@ import { runEmbedded } from "../../adapters/local/embedded.js";
 describe("embedded default (npm start)", () => {
   it("completes the attest-and-release round trip on local servers only", async () => {
     const lines: string[] = [];
-    const run = await runEmbedded({ once: true, print: (line) => lines.push(line) });
+    const run = await runEmbedded({ once: true, listen: "127.0.0.1:0", print: (line) => lines.push(line) });
     try {
       expect(run.released).toHaveLength(1);
       expect(run.released[0]).toMatchObject({ name: "demo-orders-key", bytes: 32 });
