@@ -11,6 +11,7 @@ import { createSnpVerifier, parseSnpReport } from "../core/evidence/sevsnp/index
 import { createMaaTokenIssuer, staticSigningKeys, validateMaaToken } from "../core/token/index.js";
 import { compare, formatComparison, type Comparison } from "./harness.js";
 import { benchAttest, formatAttestBench } from "./attest.js";
+import { benchAgent, formatAgentBench } from "./agent.js";
 
 const TARGET_RATIO = 0.9;
 
@@ -73,6 +74,8 @@ async function main(): Promise<void> {
   for (const r of results) console.log(formatComparison(r) + "\n");
   const attestBench = await benchAttest();
   console.log(formatAttestBench(attestBench) + "\n");
+  const agentBench = await benchAgent();
+  console.log(formatAgentBench(agentBench) + "\n");
   const misses = results.filter((r) => r.ratio < TARGET_RATIO);
   if (attestBench.releasesPerTrusted !== attestBench.keysPerRequest || attestBench.releasesPerDenied !== 0) {
     console.log("Key Vault calls per attestation are not exactly one release per key (and none on denial).");
