@@ -10,7 +10,10 @@ export interface Comparison {
   readonly baseline: string;
   readonly subjectOpsPerSec: number;
   readonly baselineOpsPerSec: number;
-  /** subject rate / baseline rate, from the medians of the rounds. */
+  /**
+   * subject rate / baseline rate: the median of the per-round ratios (each round times both
+   * back to back, so slow drift of the machine cancels within a pair).
+   */
   readonly ratio: number;
   readonly rounds: number;
 }
@@ -49,8 +52,8 @@ export async function compare(
   baseline: { label: string; run: Workload },
   options: { rounds?: number; roundMs?: number } = {},
 ): Promise<Comparison> {
-  const rounds = options.rounds ?? 9;
-  const roundMs = options.roundMs ?? 200;
+  const rounds = options.rounds ?? 21;
+  const roundMs = options.roundMs ?? 150;
   // Warm both paths (JIT, caches) before anything is timed.
   await timeRound(subject.run, 50);
   await timeRound(baseline.run, 50);
@@ -74,7 +77,7 @@ export async function compare(
     baseline: baseline.label,
     subjectOpsPerSec: s,
     baselineOpsPerSec: b,
-    ratio: s / b,
+    ratio: median(subjectRates.map((rate, i) => rate / baselineRates[i]!)),
     rounds,
   };
 }
@@ -85,6 +88,6 @@ export function formatComparison(c: Comparison): string {
     `${c.name}`,
     `  ${c.subject.padEnd(44)} ${fmt(c.subjectOpsPerSec)} ops/s`,
     `  ${c.baseline.padEnd(44)} ${fmt(c.baselineOpsPerSec)} ops/s`,
-    `  ratio ${(c.ratio * 100).toFixed(1)}% of baseline (median of ${c.rounds} alternating rounds)`,
+    `  ratio ${(c.ratio * 100).toFixed(1)}% of baseline (median of ${c.rounds} paired, alternating rounds)`,
   ].join("\n");
 }
