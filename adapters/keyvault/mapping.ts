@@ -13,6 +13,7 @@
  * - a credential that cannot produce a token → ERR_CONFIG, or ERR_UPSTREAM_UNAVAILABLE when the
  *   identity endpoint answered 5xx.
  */
+import { isLoopbackUrlHost } from "../loopback.js";
 import type { TokenCredential } from "@azure/core-auth";
 import type {
   CreateEcKeyOptions,
@@ -62,10 +63,6 @@ export const KEY_VAULT_RETRY_OPTIONS = {
 
 const MANAGED_KEY_TYPES: readonly string[] = ["oct-HSM", "RSA-HSM", "EC-HSM"];
 
-function isLoopback(hostname: string): boolean {
-  return hostname === "localhost" || hostname === "[::1]" || /^127(\.\d{1,3}){3}$/.test(hostname);
-}
-
 /**
  * Checks the vault URL: `https://` anywhere, plain `http://` only on a loopback host (the local
  * Key Vault-compatible server). Returns the origin and whether the connection is a local one.
@@ -90,7 +87,7 @@ export function checkVaultUrl(vaultUrl: string): { readonly origin: string; read
     );
   }
   if (url.protocol === "https:") return { origin: url.origin, local: false };
-  if (url.protocol === "http:" && isLoopback(url.hostname)) return { origin: url.origin, local: true };
+  if (url.protocol === "http:" && isLoopbackUrlHost(url.hostname)) return { origin: url.origin, local: true };
   throw new ShieldError("ERR_CONFIG", "the Key Vault URL must use https (plain http only on loopback)");
 }
 

@@ -8,6 +8,7 @@
  * Responses are read up to a size limit. Nothing it logs or throws carries evidence, tokens or
  * MAA's free-text messages; only status codes, MAA's error code and SHA-256 hashes.
  */
+import { isLoopbackUrlHost } from "../loopback.js";
 import { createHash } from "node:crypto";
 import { ShieldError, type ShieldErrorCode } from "../../core/errors.js";
 import type {
@@ -64,7 +65,6 @@ const USER_AGENT = "shield-acc-maa-client";
 const DEFAULT_DATA_TYPE: RuntimeDataType = "JSON";
 const MAA_ERROR_CODE = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
-const LOOPBACK_HOSTS = new Set(["127.0.0.1", "[::1]", "localhost"]);
 
 type Operation = "attestSevSnpVm" | "attestSgxEnclave" | "certs" | "openIdConfiguration";
 
@@ -201,7 +201,7 @@ function instanceBase(instanceUrl: string): string {
   } catch {
     throw new ShieldError("ERR_CONFIG", "the MAA instance URL is not a URL");
   }
-  const secure = url.protocol === "https:" || (url.protocol === "http:" && LOOPBACK_HOSTS.has(url.hostname));
+  const secure = url.protocol === "https:" || (url.protocol === "http:" && isLoopbackUrlHost(url.hostname));
   if (!secure)
     throw new ShieldError("ERR_CONFIG", "the MAA instance URL must be https (http only on loopback)");
   if (

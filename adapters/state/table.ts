@@ -23,6 +23,7 @@
  * hashes, digests, measurements and wrapped release responses only; a stored result is split
  * into binary properties of 64,000 bytes to stay under the 64 KiB property limit.
  */
+import { isLoopbackUrlHost } from "../loopback.js";
 import {
   RestError,
   TableClient,
@@ -116,12 +117,8 @@ export function createStateTableClient(options: TableStateStoreOptions): TableCl
     throw new ShieldError("ERR_CONFIG", "table storage connection settings are invalid");
   }
   if (url.protocol === "https:") return client;
-  if (url.protocol === "http:" && isLoopback(url.hostname)) return make(true);
+  if (url.protocol === "http:" && isLoopbackUrlHost(url.hostname)) return make(true);
   throw new ShieldError("ERR_CONFIG", "table storage endpoint must use https (plain http only on loopback)");
-}
-
-function isLoopback(hostname: string): boolean {
-  return hostname === "localhost" || hostname === "[::1]" || /^127(\.\d{1,3}){3}$/.test(hostname);
 }
 
 export async function createTableStateStore(options: TableStateStoreOptions): Promise<TableStateStore> {

@@ -19,6 +19,7 @@
  * expects by default. Text that is not base64 (a producer writing raw JSON or anything else) is
  * taken as it is, so nothing put on a queue makes the adapter throw.
  */
+import { isLoopbackUrlHost } from "../loopback.js";
 import { createHash } from "node:crypto";
 import { QueueServiceClient, isRestError } from "@azure/storage-queue";
 import type { TokenCredential } from "@azure/core-auth";
@@ -97,12 +98,8 @@ export function createQueueServiceClient(connection: StorageQueueConnection): Qu
     throw new ShieldError("ERR_CONFIG", "queue storage connection settings are invalid");
   }
   if (url.protocol === "https:") return client;
-  if (url.protocol === "http:" && isLoopback(url.hostname)) return client;
+  if (url.protocol === "http:" && isLoopbackUrlHost(url.hostname)) return client;
   throw new ShieldError("ERR_CONFIG", "queue storage endpoint must use https (plain http only on loopback)");
-}
-
-function isLoopback(hostname: string): boolean {
-  return hostname === "localhost" || hostname === "[::1]" || /^127(\.\d{1,3}){3}$/.test(hostname);
 }
 
 /** A body as it is stored: base64 of its UTF-8 JSON. */
