@@ -73,9 +73,7 @@ export function defineKeyStoreContract(name: string, makeHarness: () => Promise<
     const expectSameKey = async (info: KeyVersionInfo, released: ReturnType<typeof unwrap>) => {
       const held = await engine.keyMaterialForTests(info.name, info.version);
       const got =
-        "bytes" in released
-          ? released.bytes
-          : (released.privateKey).export({ type: "pkcs8", format: "der" });
+        "bytes" in released ? released.bytes : released.privateKey.export({ type: "pkcs8", format: "der" });
       expect(Buffer.compare(got, held)).toBe(0);
     };
 

@@ -92,7 +92,7 @@ export async function createKeyVaultFixture(): Promise<KeyVaultFixture> {
   const fetchJson = async (url: string): Promise<unknown> => {
     const response = await fetch(url);
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    return (await response.json());
+    return await response.json();
   };
   const cached = cachedIssuerKeys({ fetchJson, clock });
   const tokenKeysRequests: string[] = [];
