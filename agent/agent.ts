@@ -15,20 +15,30 @@
  *    request with fresh evidence;
  * 6. steps 4 and 5, and transient failures of steps 2 and 3, are retried with exponential
  *    backoff and full jitter (core/retry) until the round ends or is replaced;
- * 7. a trusted result: every release response is verified (signer trust as configured) and
- *    unwrapped, its key id must name the key and version the result lists, and only when all of
- *    them pass are they installed (all or nothing); a denial is logged with its code and
- *    violations; a terminal failure on this side ends the round as `round-failed`.
+ * 7. a trusted result must vouch for at least `minAttestedMs` from now (else it is asked for
+ *    again, with fresh evidence and backoff, as in step 5), and is believed for at most
+ *    `maxAttestedMs` from now;
+ * 8. every release response is verified (signer trust as configured) and unwrapped, its key id
+ *    must name the key and version the result lists, each name must be a requested key and
+ *    appear once, and no version may be revoked or older than one installed before (held-keys.ts);
+ *    only when all of them pass are they installed (all or nothing); a denial is logged with its
+ *    code and violations; a terminal failure on this side ends the round as `round-failed`. While
+ *    keys are held (re-attesting) a failed round is run again after a capped backoff, and the
+ *    keys are served until `attestedUntil`.
  *
  * Inbox messages are parsed from `unknown` with the message schemas; results for other request
  * ids (duplicates, replaced rounds) and messages for other agents are dropped; a challenge nonce
  * is answered once. Key events: `rotated` for a version not held starts a round (the previous
  * version is served until the new one is installed); `revoked` of the version being served
- * revokes the agent, of an older held version wipes that version.
+ * revokes the agent, of an older held version wipes that version, and any revoked version of a
+ * configured key is remembered so that no later result installs it.
  *
  * Key material never reaches a log line, an error or a message: logs carry ids, names,
- * versions, codes and counts. Keys live only in the HeldKeys store and, when configured, in key
- * files, and both are wiped on revocation, on a lapse, on a final failure and at stop.
+ * versions, codes and counts. The store's Buffers and the key files are wiped on revocation, on
+ * a lapse, on a final failure and at stop, and the Buffers made while unwrapping are zeroed once
+ * installed. Copies outside this module's reach are not: the key API's JSON and PEM bodies are
+ * JavaScript strings, which cannot be overwritten, and OpenSSL's KeyObject for an RSA or EC key
+ * lives until the garbage collector frees it.
  */
 import { ShieldError, isShieldError, isShieldErrorCode, isTransientCode } from "../core/errors.js";
 import type { SignerTrust } from "../core/keywrap/index.js";
@@ -71,6 +81,10 @@ export interface AgentTiming {
   readonly retryMaxDelayMs?: number;
   /** Longest single wait on the inbox (default 5 s). */
   readonly receiveWaitMs?: number;
+  /** A trusted result must vouch for at least this long from now (default 60 s). */
+  readonly minAttestedMs?: number;
+  /** A trusted result is believed for at most this long from now (default 8 h, MAA's token lifetime). */
+  readonly maxAttestedMs?: number;
 }
 
 export interface AgentOptions {
@@ -130,6 +144,8 @@ const DEFAULTS = {
   retryBaseDelayMs: 1_000,
   retryMaxDelayMs: 60_000,
   receiveWaitMs: 5_000,
+  minAttestedMs: 60_000,
+  maxAttestedMs: 8 * 3_600_000,
 } as const;
 
 /** setTimeout's longest delay; longer waits are taken in steps. */
@@ -177,6 +193,10 @@ export function createAgent(options: AgentOptions): Agent {
 
   let state: AgentState = INITIAL_STATE;
   let round: Round | undefined;
+  /** Rounds failed in a row while keys are held: the backoff before the next one. */
+  let failedRounds = 0;
+  let lastRound: { readonly purpose: AttestPurpose; readonly nonce?: string } | undefined;
+  let retryTimer: NodeJS.Timeout | undefined;
   const timers = new Set<NodeJS.Timeout>();
   let receiving: Promise<void> | undefined;
   let stopping = false;
@@ -215,9 +235,13 @@ export function createAgent(options: AgentOptions): Agent {
       case "wipe-version":
         wipeVersion(effect.keyName, effect.keyVersion);
         return;
+      case "retry":
+        retryRound();
+        return;
       case "halt":
         round?.abort.abort();
         round = undefined;
+        clearRetry();
         clearTimers();
         return;
     }
@@ -227,7 +251,9 @@ export function createAgent(options: AgentOptions): Agent {
   // Rounds
 
   function startRound(purpose: AttestPurpose, nonce: string | undefined): void {
+    clearRetry();
     round?.abort.abort();
+    lastRound = { purpose, ...(nonce === undefined ? {} : { nonce }) };
     const current: Round = {
       purpose,
       abort: new AbortController(),
@@ -235,6 +261,33 @@ export function createAgent(options: AgentOptions): Agent {
     };
     round = current;
     void runRound(current);
+  }
+
+  /** The failed round again, after a capped exponential backoff with jitter. */
+  function retryRound(): void {
+    const again = lastRound;
+    if (again === undefined) return;
+    failedRounds++;
+    const capMs = Math.min(timing.retryMaxDelayMs, timing.retryBaseDelayMs * 2 ** Math.min(failedRounds, 16));
+    const delayMs = Math.floor(capMs / 2 + (random.bytes(4).readUInt32BE(0) / 2 ** 32) * (capMs / 2));
+    logger("warn", "attestation round will be run again", {
+      agentId,
+      purpose: again.purpose,
+      failedRounds,
+      delayMs,
+    });
+    clearRetry();
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      const waiting = state.name === "re-attesting" || state.name === "attesting";
+      if (round === undefined && waiting && !stopping) startRound(again.purpose, again.nonce);
+    }, delayMs);
+    retryTimer.unref();
+  }
+
+  function clearRetry(): void {
+    if (retryTimer !== undefined) clearTimeout(retryTimer);
+    retryTimer = undefined;
   }
 
   async function runRound(current: Round): Promise<void> {
@@ -283,8 +336,19 @@ export function createAgent(options: AgentOptions): Agent {
       dispatch({ type: "result-denied", code: denial.code });
       return;
     }
+    try {
+      // Again, synchronously with the install: a revocation may have come in since unwrapping.
+      checkInstallable(outcome.keys);
+    } catch (error) {
+      for (const key of outcome.keys) key.material.fill(0);
+      const code = codeOf(error);
+      logger("error", "attestation round failed", { agentId, purpose: current.purpose, code });
+      dispatch({ type: "round-failed", code });
+      return;
+    }
     install(outcome.keys);
-    const attestedUntil = new Date(outcome.result.attestedUntil);
+    failedRounds = 0;
+    const attestedUntil = believedUntil(outcome.result);
     logger("info", "attestation trusted", {
       agentId,
       requestId: outcome.result.requestId,
@@ -330,8 +394,56 @@ export function createAgent(options: AgentOptions): Agent {
         `the functions could not complete the attestation (${code})`,
       );
     }
-    if (result.verdict === "trusted") return { verdict: "trusted", result, keys: unwrapAll(result) };
+    if (result.verdict === "trusted") {
+      checkAttestedUntil(current, result);
+      return { verdict: "trusted", result, keys: unwrapAll(result) };
+    }
     return { verdict: "denied", result };
+  }
+
+  /**
+   * A result vouching for less than `minAttestedMs` would expire (and wipe the keys) at once and
+   * loop: it is asked for again, with fresh evidence, like an `error` result.
+   */
+  function checkAttestedUntil(current: Round, result: TrustedResult): void {
+    const remainingMs = new Date(result.attestedUntil).getTime() - clock.now().getTime();
+    if (Number.isFinite(remainingMs) && remainingMs >= timing.minAttestedMs) return;
+    current.request = undefined;
+    throw new ShieldError(
+      "ERR_UPSTREAM_UNAVAILABLE",
+      `the attestation result vouches for ${Number.isFinite(remainingMs) ? Math.round(remainingMs / 1000) : "?"} s, less than ${Math.round(timing.minAttestedMs / 1000)} s`,
+    );
+  }
+
+  /** `attestedUntil`, but never later than `maxAttestedMs` from now. */
+  function believedUntil(result: TrustedResult): Date {
+    const latest = clock.now().getTime() + timing.maxAttestedMs;
+    return new Date(Math.min(new Date(result.attestedUntil).getTime(), latest));
+  }
+
+  /** Every released key must be a requested one, once, in a version that may be installed. */
+  function checkInstallable(keys: readonly { readonly name: string; readonly version: string }[]): void {
+    const names = new Set<string>();
+    for (const { name, version } of keys) {
+      if (!configuredKeys.includes(name) || names.has(name)) {
+        throw new ShieldError(
+          "ERR_RELEASE_RESPONSE_MALFORMED",
+          "the result releases a key that was not requested, or one key twice",
+          { violations: [{ field: "keys.name", expected: configuredKeys.join(","), actual: name }] },
+        );
+      }
+      names.add(name);
+      const refusal = store.refusal(name, version);
+      if (refusal !== undefined) {
+        throw new ShieldError(
+          "ERR_RELEASE_RESPONSE_MALFORMED",
+          refusal === "revoked"
+            ? `key ${name} version ${version} was revoked`
+            : `key ${name} version ${version} is older than a version already installed`,
+          { violations: [{ field: "keys.version", expected: `not ${refusal}`, actual: version }] },
+        );
+      }
+    }
   }
 
   async function buildRequest(current: Round): Promise<AttestationRequest> {
@@ -378,6 +490,7 @@ export function createAgent(options: AgentOptions): Agent {
   /** Verifies and unwraps every released key; any failure rejects the whole result. */
   function unwrapAll(result: TrustedResult): UnwrappedKey[] {
     const unwrapped: UnwrappedKey[] = [];
+    checkInstallable(result.keys);
     try {
       for (const released of result.keys) {
         const key = runtimeKey.unwrapReleased(released.releaseResponse, {
@@ -574,8 +687,10 @@ export function createAgent(options: AgentOptions): Agent {
       dispatch({ type: "key-rotated", keyName: event.keyName, keyVersion: event.keyVersion });
       return;
     }
+    // Remembered whether held or not: a resent or replayed result must not bring it back.
+    store.markRevoked(event.keyName, event.keyVersion);
     if (!store.has(event.keyName, event.keyVersion)) {
-      logger("info", "revocation of a version this agent does not hold", fields);
+      logger("info", "revocation of a version this agent does not hold; remembered", fields);
       return;
     }
     const current = store.currentVersion(event.keyName) === event.keyVersion;
@@ -695,7 +810,7 @@ function definedTiming(timing: AgentTiming | undefined): Partial<Record<keyof Ag
   const out: Partial<Record<keyof AgentTiming, number>> = {};
   for (const [name, value] of Object.entries(timing ?? {}) as [keyof AgentTiming, number | undefined][]) {
     if (value === undefined) continue;
-    const zeroAllowed = name === "reattestIntervalMs";
+    const zeroAllowed = name === "reattestIntervalMs" || name === "minAttestedMs";
     if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || (!zeroAllowed && value === 0)) {
       throw new TypeError(`timing.${name} must be a positive number of milliseconds`);
     }

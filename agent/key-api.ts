@@ -162,7 +162,9 @@ function serveKey(
   }
   const held = agent.keys.get(name, version);
   if (held !== undefined) return sendKey(held, request, response);
-  if (agent.keys.wasRevoked(name, version)) {
+  // Only a version asked for by name: a revoked version of a key not held now says nothing about
+  // the version the next trusted result brings (the agent's own revocation is its state above).
+  if (version !== undefined && agent.keys.wasRevoked(name, version)) {
     return sendJson(response, 403, errorBody("revoked", "this key version was revoked"));
   }
   if (version !== undefined && agent.keys.currentVersion(name) !== undefined) {
@@ -183,8 +185,9 @@ function sendKey(key: HeldKeyVersion, request: IncomingMessage, response: Server
     "Content-Length": String(body.length),
     "Cache-Control": "no-store",
   });
-  // A PEM body is a copy made for this response: zeroed once it has been handed to the socket.
-  if (body !== key.material) response.once("close", () => body.fill(0));
+  // A copy made for this response (a revocation wiping the store's Buffer during a slow write
+  // must not turn the body into zeros): zeroed once the response is done with it.
+  response.once("close", () => body.fill(0));
   response.end(body);
   return 200;
 }

@@ -16,16 +16,26 @@ export function pkcs8Pem(der: Buffer): string {
   return `-----BEGIN PRIVATE KEY-----\n${lines.join("\n")}\n-----END PRIVATE KEY-----\n`;
 }
 
-/** The bytes an application reads: raw for `oct`, PKCS #8 PEM for RSA and EC. */
+/**
+ * The bytes an application reads: raw for `oct`, PKCS #8 PEM for RSA and EC. Always a copy of
+ * its own (never the store's Buffer, which a revocation may zero during a slow write): the
+ * caller zeroes it when done. The PEM text it is made from is a string and cannot be wiped.
+ */
 export function keyFileBytes(key: HeldKeyVersion): Buffer {
-  return isOctKey(key) ? key.material : Buffer.from(pkcs8Pem(key.material), "ascii");
+  if (!isOctKey(key)) return Buffer.from(pkcs8Pem(key.material), "ascii");
+  const copy = Buffer.alloc(key.material.length);
+  copy.set(key.material);
+  return copy;
 }
 
 export function keyContentType(key: HeldKeyVersion): string {
   return isOctKey(key) ? "application/octet-stream" : "application/x-pem-file";
 }
 
-/** The JSON form: `key` (base64url) for `oct`, `jwk` (private JWK) for RSA and EC. */
+/**
+ * The JSON form: `key` (base64url) for `oct`, `jwk` (private JWK) for RSA and EC. Strings, which
+ * cannot be wiped: they stay in the heap until the garbage collector reuses the memory.
+ */
 export function keyJson(key: HeldKeyVersion): Record<string, unknown> {
   const head = { name: key.name, version: key.version, kty: key.kty };
   if (isOctKey(key)) return { ...head, key: key.material.toString("base64url") };

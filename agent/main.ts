@@ -33,7 +33,7 @@ import {
   type SimulatedSnpPlatformState,
 } from "../core/evidence/simulated/sevsnp.js";
 import { startKeyApi, type KeyApi } from "./key-api.js";
-import { openKeyFiles, type KeyFiles } from "./key-files.js";
+import { openKeyFiles, removeStaleKeyFiles, type KeyFiles } from "./key-files.js";
 import { releaseSignerTrust } from "./release-signers.js";
 import { createRuntimeKey } from "./runtime-key.js";
 
@@ -131,6 +131,17 @@ export async function main(
   }
   const config = loaded.config;
   const logger = streamLogger(io, config.logLevel);
+  if (config.keyDir !== undefined) {
+    // Before anything else can fail: keys an earlier run left must not outlive it any longer.
+    try {
+      await removeStaleKeyFiles({ dir: config.keyDir, names: config.keys, logger });
+    } catch (error) {
+      io.stderr(
+        `shield-agent: configuration error: ${isShieldError(error) ? `${error.code}: ${error.message}` : "SHIELD_KEY_DIR is unusable"}`,
+      );
+      return EXIT_CODES.config;
+    }
+  }
 
   let provider: EvidenceProvider;
   try {
@@ -237,6 +248,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
 
   const shutdown: { signal: AbortSignal; dispose?: () => void } =
     runtime.shutdown === undefined ? processShutdown() : { signal: runtime.shutdown };
+  const disposeExitWipe = keyFiles === undefined ? undefined : removeKeyFilesOnExit(keyFiles);
   try {
     await agent.start();
     runtime.onRunning?.({ agent, api });
@@ -247,8 +259,24 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
     await api.close();
     await bus.close();
     shutdown.dispose?.();
+    disposeExitWipe?.();
   }
   return EXIT_CODES.ok;
+}
+
+/**
+ * Key files must not outlive the process however it ends: on `exit` (also after an uncaught
+ * exception or `process.exit`) and as soon as an uncaught exception is seen, they are overwritten
+ * and removed synchronously. Returns the function that removes the handlers.
+ */
+export function removeKeyFilesOnExit(keyFiles: KeyFiles): () => void {
+  const wipe = (): void => keyFiles.removeAllSync();
+  process.on("exit", wipe);
+  process.on("uncaughtExceptionMonitor", wipe);
+  return () => {
+    process.off("exit", wipe);
+    process.off("uncaughtExceptionMonitor", wipe);
+  };
 }
 
 /** SIGTERM and SIGINT as an abort signal; `dispose` removes the handlers. */

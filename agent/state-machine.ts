@@ -5,11 +5,11 @@
  * keys itself, so every state × event pair is a plain table entry with a test.
  *
  * ```
- * starting ──start──▶ attesting ──trusted──▶ trusted ◀──trusted── re-attesting
- *                        ▲  │                 │  ▲                   ▲   │
- *                        │  │                 │  └ reattest-due, ────┘   │
+ * starting ──start──▶ attesting ──trusted──▶ trusted ◀──trusted── re-attesting ◀─┐
+ *                        ▲  │                 │  ▲                   ▲   │  │    │ failure
+ *                        │  │                 │  └ reattest-due, ────┘   │  └────┘ (retry)
  *                        │  │                 │    challenge, rotated    │
- *                        │  ├ denied, failure ┼─▶ failed ◀── failure ────┤
+ *                        │  ├ denied, failure ┼─▶ failed                 │
  *                        │  └ revoked(current)┴─▶ revoked ◀── denied, ───┤
  *                        │                                revoked(current)
  *                        └──────────── expired (trusted, re-attesting) ──┘
@@ -21,6 +21,11 @@
  * - a denial of the first attestation is final (`failed`): the same enclave produces the same
  *   evidence, so asking again only repeats the denial. A denial of a re-attestation means the
  *   control plane no longer trusts this agent (`revoked`);
+ * - a failure on this side during a re-attestation (stale endorsements after a host TCB update,
+ *   a sidecar refusing once, an I/O error) is not a verdict: the keys are served until
+ *   `attestedUntil` and the round is run again after a capped backoff (`retry`); if it has not
+ *   succeeded by then, the lapse wipes the keys, and a failure of the first attestation that
+ *   follows is final;
  * - a revocation of the version a key is currently served at withdraws trust from the agent
  *   (`revoked`, every key wiped); a revocation of an older version this agent still keeps after
  *   a rotation wipes only that version;
@@ -50,7 +55,10 @@ export interface AgentState {
   readonly name: AgentStateName;
   /** Until when the last trusted result vouches for this agent (only while keys are held). */
   readonly attestedUntil?: Date;
-  /** Why trust ended: a denial or failure code, or the revocation that ended it. */
+  /**
+   * Why trust ended: a denial or failure code, or the revocation that ended it; in
+   * `re-attesting`, the code of the last failed round while it is being run again.
+   */
   readonly reason?: string;
   /** A rotation arrived during a round: run one more round when this one ends. */
   readonly refreshPending: boolean;
@@ -106,6 +114,8 @@ export type AgentEffect =
   | { readonly kind: "wipe-all"; readonly reason: string }
   /** Overwrite and drop one held version. */
   | { readonly kind: "wipe-version"; readonly keyName: string; readonly keyVersion: string }
+  /** Run the round that failed again (same purpose and challenge) after a capped backoff. */
+  | { readonly kind: "retry" }
   /** Cancel the round in flight and every timer. */
   | { readonly kind: "halt" };
 
@@ -261,7 +271,8 @@ function fromReattesting(state: AgentState, event: AgentEvent): Transition {
     case "result-denied":
       return end(state, "revoked", event.code);
     case "round-failed":
-      return end(state, "failed", event.code);
+      // Keys stay until attestedUntil; the expiry timer armed by the last trusted result stands.
+      return { state: to("re-attesting", state, { reason: event.code }), effects: [{ kind: "retry" }] };
     case "challenge":
       return { state, effects: [challenge(event)] };
     case "key-rotated":

@@ -133,7 +133,7 @@ export async function benchAgent(
 
     const started = performance.now();
     agent = spawn(process.execPath, [...(options.nodeFlags ?? AGENT_NODE_FLAGS), outfile], {
-      stdio: ["ignore", "ignore", "ignore"],
+      stdio: ["ignore", "ignore", process.env["SHIELD_BENCH_AGENT_STDERR"] === "1" ? "inherit" : "ignore"],
       env: {
         PATH: process.env["PATH"] ?? "",
         SHIELD_AGENT_ID: "bench-agent",

@@ -43,6 +43,7 @@ import {
   base64url,
   checkReportDataArgument,
   checkReportDataEchoed,
+  createSerialiser,
   finishEvidence,
   type Evidence,
   type ProbeResult,
@@ -78,6 +79,7 @@ export function createConfigfsTsmProvider(options: ConfigfsTsmOptions = {}): Rep
   const files = options.files ?? nodeDeviceFiles;
   const entryName = options.entryName ?? (() => `shield-${randomUUID()}`);
   const logger = options.logger ?? silentLogger;
+  const exclusive = createSerialiser();
   const privlevel = options.privlevel;
   if (privlevel !== undefined && (!Number.isInteger(privlevel) || privlevel < 0 || privlevel > 3)) {
     throw new TypeError("privlevel must be an integer 0..3");
@@ -196,43 +198,46 @@ export function createConfigfsTsmProvider(options: ConfigfsTsmOptions = {}): Rep
 
     async collect(reportData: Buffer): Promise<Evidence> {
       checkReportDataArgument(reportData);
-      const blobs = (await attempt(reportData)) ?? (await attempt(reportData));
-      if (blobs === undefined) {
-        throw new ShieldError(
-          "ERR_CONFLICT",
-          "configfs-tsm report entry was changed by another writer twice",
-        );
-      }
-      const report = reportFrom(blobs.outblob, reportData);
-      const table = certTableFrom(blobs.auxblob);
-      const leaf = report.signingKey === "vlek" ? table.certificates.vlek : table.certificates.vcek;
-      const collateral = await resolveSnpCollateral(
-        report,
-        {
-          ...(leaf === undefined ? {} : { leaf }),
-          ...(table.certificates.ask === undefined ? {} : { ask: table.certificates.ask }),
-          ...(table.certificates.ark === undefined ? {} : { ark: table.certificates.ark }),
-        },
-        options.collateral ?? {},
-      );
-      logger("debug", "configfs-tsm evidence collected", {
-        chainSource: collateral.chainSource,
-        uvmEndorsements: collateral.uvmEndorsements !== undefined,
-      });
-      return finishEvidence(
-        {
-          tee: "sevsnp",
-          format: "raw",
-          report: base64url(report.raw),
-          vcekChain: collateral.vcekChain,
-          ...(collateral.uvmEndorsements === undefined
-            ? {}
-            : { uvmEndorsements: base64url(collateral.uvmEndorsements) }),
-        },
-        "configfs-tsm",
-      );
+      // One at a time, like Gramine's: entries are private, but a second writer would only
+      // make the generation check fail and the collection retry.
+      return await exclusive(() => collectOnce(reportData));
     },
   };
+
+  async function collectOnce(reportData: Buffer): Promise<Evidence> {
+    const blobs = (await attempt(reportData)) ?? (await attempt(reportData));
+    if (blobs === undefined) {
+      throw new ShieldError("ERR_CONFLICT", "configfs-tsm report entry was changed by another writer twice");
+    }
+    const report = reportFrom(blobs.outblob, reportData);
+    const table = certTableFrom(blobs.auxblob);
+    const leaf = report.signingKey === "vlek" ? table.certificates.vlek : table.certificates.vcek;
+    const collateral = await resolveSnpCollateral(
+      report,
+      {
+        ...(leaf === undefined ? {} : { leaf }),
+        ...(table.certificates.ask === undefined ? {} : { ask: table.certificates.ask }),
+        ...(table.certificates.ark === undefined ? {} : { ark: table.certificates.ark }),
+      },
+      options.collateral ?? {},
+    );
+    logger("debug", "configfs-tsm evidence collected", {
+      chainSource: collateral.chainSource,
+      uvmEndorsements: collateral.uvmEndorsements !== undefined,
+    });
+    return finishEvidence(
+      {
+        tee: "sevsnp",
+        format: "raw",
+        report: base64url(report.raw),
+        vcekChain: collateral.vcekChain,
+        ...(collateral.uvmEndorsements === undefined
+          ? {}
+          : { uvmEndorsements: base64url(collateral.uvmEndorsements) }),
+      },
+      "configfs-tsm",
+    );
+  }
 }
 
 /** Step 8. */

@@ -13,6 +13,8 @@
  *    certificate itself, and verification is the attestation service's job, not the agent's;
  * 5. its REPORT_DATA must be what was written (ERR_EVIDENCE_REPORT_DATA);
  * 6. the evidence must fit the attestation request's limits.
+ * Collections run one at a time: `user_report_data` is process-global, so a second collection
+ * writing it between another's write and read would give that one a quote over the wrong data.
  * File-system failures map to ERR_EVIDENCE_UNSUPPORTED (not under Gramine), ERR_UPSTREAM_UNAVAILABLE
  * (busy, transient) or ERR_IO.
  */
@@ -24,6 +26,7 @@ import {
   base64url,
   checkReportDataArgument,
   checkReportDataEchoed,
+  createSerialiser,
   finishEvidence,
   type Evidence,
   type ProbeResult,
@@ -43,6 +46,7 @@ export function createGramineProvider(options: GramineOptions = {}): ReportDataP
   const root = options.root ?? DEFAULT_GRAMINE_ROOT;
   const files = options.files ?? nodeDeviceFiles;
   const path = (name: string): string => join(root, name);
+  const exclusive = createSerialiser();
 
   async function attestationType(): Promise<string> {
     const file = path("attestation_type");
@@ -78,20 +82,24 @@ export function createGramineProvider(options: GramineOptions = {}): ReportDataP
 
     async collect(reportData: Buffer): Promise<Evidence> {
       checkReportDataArgument(reportData);
-      const type = await attestationType();
-      if (type !== "dcap") {
-        throw new ShieldError(
-          "ERR_EVIDENCE_UNSUPPORTED",
-          `Gramine attestation type is "${type.slice(0, 16)}", not dcap`,
-        );
-      }
-      const userReportData = path("user_report_data");
-      await onDevice("write", userReportData, () => files.writeFile(userReportData, reportData));
-      const quoteFile = path("quote");
-      const bytes = await onDevice("read", quoteFile, () => files.readFile(quoteFile));
-      const quote = parseSgxQuote(bytes, { externalPckChain: true });
-      checkReportDataEchoed(quote.reportBody.reportData, reportData, "Gramine");
-      return finishEvidence({ tee: "sgx", format: "dcap-quote", quote: base64url(bytes) }, "Gramine");
+      return await exclusive(() => collectOnce(reportData));
     },
   };
+
+  async function collectOnce(reportData: Buffer): Promise<Evidence> {
+    const type = await attestationType();
+    if (type !== "dcap") {
+      throw new ShieldError(
+        "ERR_EVIDENCE_UNSUPPORTED",
+        `Gramine attestation type is "${type.slice(0, 16)}", not dcap`,
+      );
+    }
+    const userReportData = path("user_report_data");
+    await onDevice("write", userReportData, () => files.writeFile(userReportData, reportData));
+    const quoteFile = path("quote");
+    const bytes = await onDevice("read", quoteFile, () => files.readFile(quoteFile));
+    const quote = parseSgxQuote(bytes, { externalPckChain: true });
+    checkReportDataEchoed(quote.reportBody.reportData, reportData, "Gramine");
+    return finishEvidence({ tee: "sgx", format: "dcap-quote", quote: base64url(bytes) }, "Gramine");
+  }
 }

@@ -134,3 +134,17 @@ export function finishEvidence(value: Evidence, source: string): Evidence {
 export function base64url(bytes: Uint8Array): string {
   return Buffer.from(bytes).toString("base64url");
 }
+
+/**
+ * Runs the tasks given to it one at a time, in order. A TEE interface whose REPORT_DATA input
+ * is shared (Gramine's process-global `user_report_data`) must never have two collections
+ * interleave: the quote would carry the other one's REPORT_DATA.
+ */
+export function createSerialiser(): <T>(task: () => Promise<T>) => Promise<T> {
+  let tail: Promise<unknown> = Promise.resolve();
+  return <T>(task: () => Promise<T>): Promise<T> => {
+    const run = tail.then(task, task);
+    tail = run.catch(() => undefined);
+    return run;
+  };
+}

@@ -191,12 +191,29 @@ function decryptTransientKey(
 
 function unwrapKeyData(transientKey: Buffer, wrappedKey: Buffer): Buffer {
   const cipher = KWP_CIPHER_BY_KEY_BYTES[transientKey.length]!;
+  // Each part holds plaintext key bytes: zeroed once concatenated, or when the check fails.
+  const parts: Buffer[] = [];
   try {
     const decipher = createDecipheriv(cipher, transientKey, RFC5649_AIV);
-    return Buffer.concat([decipher.update(wrappedKey), decipher.final()]);
+    parts.push(decipher.update(wrappedKey));
+    parts.push(decipher.final());
+    return concatOwned(parts);
   } catch {
     throw new ShieldError("ERR_WRAP_INTEGRITY", "AES key unwrap integrity check failed");
+  } finally {
+    for (const part of parts) part.fill(0);
   }
+}
+
+/** Concatenates into a fresh allocation (never Node's shared pool), so zeroing it touches nothing else. */
+function concatOwned(parts: readonly Buffer[]): Buffer {
+  const out = Buffer.alloc(parts.reduce((length, part) => length + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    part.copy(out, offset);
+    offset += part.length;
+  }
+  return out;
 }
 
 /** A private copy of the transient key, so zeroing it never touches the caller's buffer. */
@@ -333,13 +350,18 @@ export function importReleased(kty: ReleasedKeyType, plaintext: Uint8Array): Rel
     return { kty, bytes: Buffer.from(plaintext) };
   }
   let privateKey: KeyObject;
+  // A copy OpenSSL reads from; zeroed at once (the KeyObject holds its own, which cannot be).
+  const der = Buffer.alloc(plaintext.length);
+  der.set(plaintext);
   try {
-    privateKey = createPrivateKey({ key: Buffer.from(plaintext), format: "der", type: "pkcs8" });
+    privateKey = createPrivateKey({ key: der, format: "der", type: "pkcs8" });
   } catch {
     throw new ShieldError(
       "ERR_RELEASE_RESPONSE_MALFORMED",
       `released ${kty} key is not a PKCS #8 private key`,
     );
+  } finally {
+    der.fill(0);
   }
   if (privateKey.asymmetricKeyType !== nodeKeyTypeFor(kty)) {
     throw new ShieldError(

@@ -368,6 +368,7 @@ describe("agent: re-attestation", () => {
 
   it("wipes the keys when its attestation lapses, and attests again from scratch", async () => {
     const h = harness({
+      timing: { ...FAST, minAttestedMs: 100 },
       script: (_request, index) =>
         index === 0 ? { kind: "trusted", attestedUntil: new Date(Date.now() + 300) } : { kind: "trusted" },
     });
@@ -402,6 +403,152 @@ describe("agent: re-attestation", () => {
     expect(h.agent.state().reason).toBe("ERR_TOKEN_NONCE");
     expect(h.agent.keys.size).toBe(0);
     for (const key of held) expect(zeroed(key.material)).toBe(true);
+  });
+});
+
+describe("agent: attestedUntil", () => {
+  it("asks again, with backoff, when a result vouches for a time already past or about to pass", async () => {
+    const h = harness({
+      script: (_request, index) =>
+        index < 2 ? { kind: "trusted", attestedUntil: new Date(Date.now() - 1_000) } : { kind: "trusted" },
+    });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // One request per answer, each with fresh evidence; no trusted ↔ attesting loop.
+    expect(h.responder.requests.length).toBe(3);
+    expect(new Set(h.responder.requests.map((request) => request.requestId)).size).toBe(3);
+    expect(h.agent.state().name).toBe("trusted");
+    expect(h.logs.filter((l) => l.message === "keys wiped").length).toBe(0);
+    expect(h.logs.filter((l) => l.message === "attestation round retrying").length).toBe(2);
+    expect(new Date(h.agent.status().attestedUntil!).getTime()).toBeGreaterThan(Date.now());
+  });
+
+  it("believes attestedUntil for at most maxAttestedMs", async () => {
+    const h = harness({
+      timing: { ...FAST, maxAttestedMs: 60_000 },
+      script: () => ({ kind: "trusted", attestedUntil: new Date(Date.now() + 365 * 86_400_000) }),
+    });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    expect(new Date(h.agent.status().attestedUntil!).getTime()).toBeLessThanOrEqual(Date.now() + 60_000);
+  });
+});
+
+describe("agent: re-attestation failures", () => {
+  it("keeps serving after a failed re-attestation and runs the round again until it succeeds", async () => {
+    let collects = 0;
+    const simulated = createSimulatedProvider({ platform });
+    const provider: EvidenceProvider = {
+      ...simulated,
+      collect: (input: Buffer) => {
+        collects++;
+        // The second and third collections fail as after a host TCB update with stale certificates.
+        if (collects === 2 || collects === 3) {
+          return Promise.reject(new ShieldError("ERR_EVIDENCE_TCB_MISMATCH", "stale endorsements"));
+        }
+        return simulated.collect(input);
+      },
+    };
+    const h = harness({ provider });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    const held = h.agent.keys.get("orders")!;
+    const states: string[] = [];
+    h.agent.subscribe((state) => states.push(state.name));
+    await h.bus.sendToAgent(
+      h.agentId,
+      makeChallenge({
+        agentId: h.agentId,
+        nonce: randomBytes(24).toString("base64url"),
+        deadline: new Date(Date.now() + 60_000),
+        sentAt: new Date(),
+      }),
+    );
+    await until(() => collects >= 4 && h.agent.state().name === "trusted");
+    expect(states).not.toContain("failed");
+    expect(h.agent.keys.get("orders")).toBe(held);
+    expect(zeroed(held.material)).toBe(false);
+    expect(h.logs.filter((l) => l.message === "attestation round will be run again").length).toBe(2);
+    // The retried round still answers the challenge.
+    expect(h.responder.requests.at(-1)!.challenge).toBeDefined();
+  });
+});
+
+describe("agent: key versions it must not install", () => {
+  it("remembers a revocation of a version it does not hold and refuses a result that brings it", async () => {
+    const h = harness({ keys: ["orders"] });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    h.vault.addOct("orders", "v2", randomBytes(32));
+    await h.bus.sendToAgent(
+      h.agentId,
+      makeKeyEvent({ event: "revoked", keyName: "orders", keyVersion: "v2", sentAt: new Date() }),
+    );
+    await until(() => h.agent.keys.wasRevoked("orders", "v2"));
+    await h.bus.sendToAgent(
+      h.agentId,
+      makeKeyEvent({
+        event: "rotated",
+        keyName: "orders",
+        keyVersion: "v2",
+        sentAt: new Date(Date.now() + 1),
+      }),
+    );
+    await until(() => h.logs.some((l) => l.message === "attestation round will be run again"));
+    expect(
+      h.logs.some(
+        (l) =>
+          l.message === "attestation round failed" && l.fields?.["code"] === "ERR_RELEASE_RESPONSE_MALFORMED",
+      ),
+    ).toBe(true);
+    expect(h.agent.keys.currentVersion("orders")).toBe("v1");
+    expect(h.agent.keys.get("orders", "v2")).toBeUndefined();
+    expect(h.agent.state().name).toBe("re-attesting");
+  });
+
+  it("refuses a validly signed result that would move a key back to an older version", async () => {
+    const h = harness({ keys: ["orders"] });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    const v1 = h.vault.current("orders");
+    for (const version of ["v2", "v3"]) {
+      h.vault.addOct("orders", version, randomBytes(32));
+      await h.bus.sendToAgent(
+        h.agentId,
+        makeKeyEvent({ event: "rotated", keyName: "orders", keyVersion: version, sentAt: new Date() }),
+      );
+      await until(
+        () => h.agent.keys.currentVersion("orders") === version && h.agent.state().name === "trusted",
+      );
+    }
+    // Key Vault (or a replay) now hands out v1 again.
+    h.vault.keys.get("orders")!.push(v1);
+    await h.bus.sendToAgent(
+      h.agentId,
+      makeChallenge({
+        agentId: h.agentId,
+        nonce: randomBytes(24).toString("base64url"),
+        deadline: new Date(Date.now() + 60_000),
+        sentAt: new Date(),
+      }),
+    );
+    await until(() => h.logs.some((l) => l.message === "attestation round will be run again"));
+    expect(h.agent.keys.currentVersion("orders")).toBe("v3");
+    expect(h.agent.keys.get("orders", "v1")).toBeUndefined();
+  });
+
+  it("refuses a result releasing a key that was not requested", async () => {
+    const h = harness({
+      keys: ["orders"],
+      requests: (bus) => ({
+        sendRequest: (request) => bus.sendRequest({ ...request, keys: [...request.keys, "ledger"] }),
+      }),
+    });
+    await h.agent.start();
+    await until(inState(h.agent, "failed"));
+    expect(h.agent.state().reason).toBe("ERR_RELEASE_RESPONSE_MALFORMED");
+    expect(h.agent.keys.size).toBe(0);
   });
 });
 

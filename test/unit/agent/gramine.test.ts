@@ -38,6 +38,28 @@ describe("Gramine provider", () => {
     expect(quote.reportBody.reportData).toEqual(data);
   });
 
+  it("runs concurrent collections one at a time: user_report_data is process-global", async () => {
+    const fake = await gramine();
+    const slow = createGramineProvider({
+      root: fake.root,
+      files: {
+        ...fake.files,
+        readFile: async (path) => {
+          // A slow quote read leaves room for another collection's write, were it allowed.
+          if (path.endsWith("quote")) await new Promise((resolve) => setTimeout(resolve, 30));
+          return fake.files.readFile(path);
+        },
+      },
+    });
+    const data = [randomBytes(64), randomBytes(64), randomBytes(64)];
+    const evidence = await Promise.all(data.map((bytes) => slow.collect(bytes)));
+    evidence.forEach((item, index) => {
+      if (item.format !== "dcap-quote") throw new Error("unreachable");
+      const quote = parseSgxQuote(Buffer.from(item.quote, "base64url"));
+      expect(quote.reportBody.reportData).toEqual(data[index]);
+    });
+  });
+
   it("accepts attestation_type with a trailing newline", async () => {
     const fake = await gramine({ attestationType: "dcap\n" });
     expect(await provider(fake).probe()).toEqual({ usable: true });

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto";
-import { stat, readFile, readdir, writeFile, rm } from "node:fs/promises";
+import { lstat, open, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { HELD_VERSIONS_PER_KEY, HeldKeys } from "../../../agent/held-keys.js";
+import { HELD_VERSIONS_PER_KEY, HeldKeys, REMEMBERED_VERSIONS_PER_KEY } from "../../../agent/held-keys.js";
 import { openKeyFiles } from "../../../agent/key-files.js";
+import { keyFileBytes } from "../../../agent/key-format.js";
 import { tempDir } from "./fakes.js";
 
 const AT = new Date("2030-01-01T00:00:00Z");
@@ -97,9 +98,49 @@ describe("held keys", () => {
     expect(store.get("a")).toBeUndefined();
     for (const key of held) expect(key.material.every((byte) => byte === 0)).toBe(true);
     expect(store.wasRevoked("a")).toBe(true);
-    // Installing a revoked version again (a new trusted release) clears the mark.
-    store.install("a", "1", "oct-HSM", randomBytes(16), AT);
-    expect(store.wasRevoked("a", "1")).toBe(false);
+    // A revoked version is never installed again, whatever result brings it.
+    expect(() => store.install("a", "1", "oct-HSM", randomBytes(16), AT)).toThrow(
+      expect.objectContaining({ code: "ERR_RELEASE_RESPONSE_MALFORMED" }),
+    );
+    expect(store.wasRevoked("a", "1")).toBe(true);
+    expect(store.size).toBe(0);
+  });
+
+  it("remembers revocations of versions it does not hold and refuses to install them", () => {
+    const store = new HeldKeys();
+    store.install("orders", "v1", "oct-HSM", randomBytes(32), AT);
+    store.markRevoked("orders", "v2");
+    expect(store.refusal("orders", "v2")).toBe("revoked");
+    expect(store.wasRevoked("orders", "v2")).toBe(true);
+    expect(() => store.install("orders", "v2", "oct-HSM", randomBytes(32), AT)).toThrow(
+      expect.objectContaining({ code: "ERR_RELEASE_RESPONSE_MALFORMED" }),
+    );
+    expect(store.currentVersion("orders")).toBe("v1");
+    expect(store.get("orders", "v2")).toBeUndefined();
+  });
+
+  it("never moves the current version back to one installed before a newer one", () => {
+    const store = new HeldKeys();
+    for (const version of ["v1", "v2", "v3"])
+      store.install("orders", version, "oct-HSM", randomBytes(32), AT);
+    expect(store.get("orders", "v1")).toBeUndefined();
+    expect(store.refusal("orders", "v1")).toBe("superseded");
+    expect(() => store.install("orders", "v1", "oct-HSM", randomBytes(32), AT)).toThrow(
+      expect.objectContaining({ code: "ERR_RELEASE_RESPONSE_MALFORMED" }),
+    );
+    expect(store.currentVersion("orders")).toBe("v3");
+    // After a lapse wiped everything, the newest version installed may come back.
+    store.wipeAll();
+    expect(store.refusal("orders", "v3")).toBeUndefined();
+    expect(store.install("orders", "v3", "oct-HSM", randomBytes(32), AT).currentChanged).toBe(true);
+    expect(store.refusal("orders", "v2")).toBe("superseded");
+  });
+
+  it("remembers a bounded number of revoked versions per key", () => {
+    const store = new HeldKeys();
+    for (let i = 0; i <= REMEMBERED_VERSIONS_PER_KEY; i++) store.markRevoked("orders", `v${i}`);
+    expect(store.wasRevoked("orders", "v0")).toBe(false);
+    expect(store.wasRevoked("orders", `v${REMEMBERED_VERSIONS_PER_KEY}`)).toBe(true);
   });
 
   it("refuses misuse with TypeError", () => {
@@ -142,6 +183,65 @@ describe("key files", () => {
     await writeFile(join(dir, "unrelated"), "keep");
     await openKeyFiles({ dir, names: ["orders"] });
     expect(await readdir(dir)).toEqual(["unrelated"]);
+  });
+
+  it("overwrites the replaced version's file on rotation, and leaves the store's Buffer alone", async () => {
+    const dir = await tempDir("keyfiles");
+    dirs.push(dir);
+    const files = await openKeyFiles({ dir, names: ["orders"] });
+    const store = new HeldKeys();
+    store.install("orders", "v1", "oct-HSM", randomBytes(32), AT);
+    await files.write(store.get("orders")!);
+    // A reader that still has the old file open sees zeros once the new version is in place.
+    const reader = await open(join(dir, "orders"), "r");
+    try {
+      store.install("orders", "v2", "oct-HSM", randomBytes(32), AT);
+      await files.write(store.get("orders")!);
+      const old = Buffer.alloc(32);
+      await reader.read(old, 0, 32, 0);
+      expect(old.every((byte) => byte === 0)).toBe(true);
+    } finally {
+      await reader.close();
+    }
+    expect(store.get("orders", "v1")!.material.every((byte) => byte === 0)).toBe(false);
+    expect(store.get("orders", "v2")!.material.every((byte) => byte === 0)).toBe(false);
+    expect(keyFileBytes(store.get("orders")!)).not.toBe(store.get("orders")!.material);
+  });
+
+  it("never follows a symbolic link planted in place of a key file", async () => {
+    const dir = await tempDir("keyfiles");
+    const elsewhere = await tempDir("elsewhere");
+    dirs.push(dir, elsewhere);
+    const victim = join(elsewhere, "victim");
+    await writeFile(victim, "precious");
+    await symlink(victim, join(dir, "orders"));
+    const files = await openKeyFiles({ dir, names: ["orders", "ledger"] });
+    expect(await readdir(dir)).toEqual([]);
+    await symlink(victim, join(dir, "ledger"));
+    files.removeAllSync();
+    await expect(lstat(join(dir, "ledger"))).rejects.toMatchObject({ code: "ENOENT" });
+    await symlink(victim, join(dir, "ledger"));
+    await files.remove("ledger");
+    expect(await readFile(victim, "utf8")).toBe("precious");
+  });
+
+  it("removeAllSync overwrites and removes every key file at once", async () => {
+    const dir = await tempDir("keyfiles");
+    dirs.push(dir);
+    const files = await openKeyFiles({ dir, names: ["orders"] });
+    const store = new HeldKeys();
+    store.install("orders", "v1", "oct-HSM", randomBytes(32), AT);
+    await files.write(store.get("orders")!);
+    const reader = await open(join(dir, "orders"), "r");
+    try {
+      files.removeAllSync();
+      expect(await readdir(dir)).toEqual([]);
+      const old = Buffer.alloc(32);
+      await reader.read(old, 0, 32, 0);
+      expect(old.every((byte) => byte === 0)).toBe(true);
+    } finally {
+      await reader.close();
+    }
   });
 
   it("refuses a missing directory and unknown key names", async () => {

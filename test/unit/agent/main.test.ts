@@ -1,3 +1,5 @@
+import { readdir, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import {
   createSimulatedSnpPlatform,
@@ -5,6 +7,7 @@ import {
 } from "../../../core/evidence/simulated/sevsnp.js";
 import { AGENT_VARIABLES } from "../../../agent/config.js";
 import { EXIT_CODES, main, type MainIo, type StartContext } from "../../../agent/main.js";
+import { tempDir } from "./fakes.js";
 
 function capture(): MainIo & { out: string[]; err: string[] } {
   const out: string[] = [];
@@ -40,6 +43,19 @@ describe("agent entry point", () => {
     expect(text).toMatch(/sevsnp-sidecar: .*127\.0\.0\.1:8080/);
     expect(text).toMatch(/sgx-gramine: .*does not exist/);
     expect(text).not.toMatch(/simulated:/);
+  });
+
+  it("removes key files an earlier run left before anything else, even when no TEE is usable", async () => {
+    const dir = await tempDir("stale-keys");
+    try {
+      await writeFile(join(dir, "orders"), "old key");
+      await writeFile(join(dir, "unrelated"), "keep");
+      const io = capture();
+      expect(await main([], { SHIELD_KEY_DIR: dir, SHIELD_KEYS: "orders" }, { io })).toBe(EXIT_CODES.noTee);
+      expect(await readdir(dir)).toEqual(["unrelated"]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("exits 2 on a configuration error, before probing anything, without echoing secrets", async () => {

@@ -81,7 +81,7 @@ const TABLE: Record<AgentStateName, Record<EventName, Expected>> = {
     start: ["re-attesting", []],
     "result-trusted": ["trusted", ["schedule"]],
     "result-denied": REVOKE,
-    "round-failed": FAIL,
+    "round-failed": ["re-attesting", ["retry"]],
     "reattest-due": ["re-attesting", []],
     challenge: ["re-attesting", ["attest:challenge"]],
     "key-rotated": ["re-attesting", []],
@@ -193,6 +193,16 @@ describe("agent state machine", () => {
     const lapsed = transition(stateNamed("trusted"), EVENTS["attestation-expired"]).state;
     expect(lapsed.reason).toBe("attestation lapsed");
     expect(transition(lapsed, EVENTS["result-trusted"]).state.reason).toBeUndefined();
+  });
+
+  it("a failed re-attestation keeps the keys and attestedUntil, and runs the round again", () => {
+    const next = transition(stateNamed("re-attesting"), EVENTS["round-failed"]);
+    expect(next.state).toMatchObject({ name: "re-attesting", attestedUntil: UNTIL });
+    expect(next.effects).toEqual([{ kind: "retry" }]);
+    // Still serving, the lapse still wipes; the first attestation after it still fails for good.
+    const lapsed = transition(next.state, EVENTS["attestation-expired"]);
+    expect(lapsed.effects.map(describeEffect)).toEqual(["wipe-all:lapsed"]);
+    expect(transition(lapsed.state, EVENTS["round-failed"]).state.name).toBe("failed");
   });
 
   it("wipe-version names the revoked version", () => {
