@@ -22,8 +22,12 @@
  * 7. the chain is the sidecar's `endorsements` when they hold VCEK, ASK and ARK; otherwise it
  *    comes from the configured sources (chain file, UVM security context, THIM; see
  *    snp-collateral.ts), and so does a missing UVM endorsement;
- * 8. the evidence must fit the attestation request's limits.
+ * 8. the report must be signed by the chain's leaf (ERR_EVIDENCE_SIGNATURE): a sidecar on a
+ *    node without a SEV device makes reports up;
+ * 9. the evidence must fit the attestation request's limits.
  */
+import { verify } from "node:crypto";
+import { loadCertificate, pemToDerList } from "../../core/x509/certificate.js";
 import type { X509Certificate } from "node:crypto";
 import { z } from "zod";
 import { ShieldError } from "../../core/errors.js";
@@ -156,6 +160,7 @@ export function createAzureSidecarProvider(options: AzureSidecarOptions = {}): R
       const report = reportFrom(answer.report, runtimeData);
       if (answer.endorsedTcb !== undefined) checkEndorsedTcb(answer.endorsedTcb, report);
       const collateral = await resolveSnpCollateral(report, supplied(answer), options.collateral ?? {});
+      checkSignedByLeaf(report, collateral.vcekChain);
       logger("debug", "attestation sidecar evidence collected", {
         chainSource: collateral.chainSource,
         uvmEndorsements: collateral.uvmEndorsements !== undefined,
@@ -221,6 +226,36 @@ function reportFrom(bytes: Buffer, runtimeData: Buffer): SnpReport {
   const report = parseSnpReport(bytes);
   checkReportDataEchoed(report.reportData, reportDataFor(runtimeData), SERVICE);
   return report;
+}
+
+/**
+ * Step 8. Without a SEV device the sidecar answers with an unsigned, made-up report and still
+ * reports "Status OK"; refusing it here keeps a node without a TEE from posing as one. Only the
+ * signature by the chain's leaf (VCEK/VLEK) is checked: the chain itself is MAA's to judge.
+ */
+function checkSignedByLeaf(report: SnpReport, vcekChain: string): void {
+  const [leafDer] = pemToDerList(vcekChain);
+  if (leafDer === undefined)
+    throw new ShieldError("ERR_EVIDENCE_MALFORMED", `${SERVICE}: no VCEK in the chain`);
+  const leaf = loadCertificate(leafDer, "ERR_EVIDENCE_MALFORMED");
+  const signature = Buffer.concat([report.signature.r.subarray(-48), report.signature.s.subarray(-48)]);
+  let valid = false;
+  try {
+    valid = verify(
+      "sha384",
+      report.signedBytes,
+      { key: leaf.publicKey, dsaEncoding: "ieee-p1363" },
+      signature,
+    );
+  } catch {
+    valid = false;
+  }
+  if (!valid) {
+    throw new ShieldError(
+      "ERR_EVIDENCE_SIGNATURE",
+      `${SERVICE} report is not signed by the VCEK it came with (a sidecar without a SEV device makes up reports)`,
+    );
+  }
 }
 
 /** Step 6. */

@@ -122,6 +122,34 @@ describe("Azure attestation sidecar provider", () => {
     expect(Buffer.from(evidence.uvmEndorsements ?? "", "base64url")).toEqual(UVM_ENDORSEMENT);
   });
 
+  it("refuses a made-up report (what the sidecar answers on a node without a SEV device)", async () => {
+    const fake = await sidecar({
+      combined: (runtime) => {
+        const unsigned = platform.signReport({ reportData: reportDataOf(runtime) });
+        unsigned.fill(0, 0x2a0); // the signature area, as in the sidecar's fake reports
+        return { status: 200, body: combinedAnswer(runtime, { evidence: unsigned.toString("base64") }) };
+      },
+    });
+    await expect(provider(fake.url).collect(runtimeData())).rejects.toMatchObject({
+      code: "ERR_EVIDENCE_SIGNATURE",
+    });
+  });
+
+  it("refuses a report signed by another chip than the VCEK it came with", async () => {
+    const other = createSimulatedSnpPlatform({ rsaBits: 2048 });
+    const fake = await sidecar({
+      combined: (runtime) => ({
+        status: 200,
+        body: combinedAnswer(runtime, {
+          evidence: other.signReport({ reportData: reportDataOf(runtime) }).toString("base64"),
+        }),
+      }),
+    });
+    await expect(provider(fake.url).collect(runtimeData())).rejects.toMatchObject({
+      code: "ERR_EVIDENCE_SIGNATURE",
+    });
+  });
+
   it("reads the older answer that wraps the document in combined_report", async () => {
     const fake = await sidecar({
       combined: (runtime) => ({
