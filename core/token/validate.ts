@@ -106,8 +106,7 @@ export async function validateMaaToken(
 ): Promise<ValidatedMaaToken> {
   if (typeof token !== "string") throw new TypeError("token must be a string");
   const settings = readOptions(options);
-  const decodedHeader = decodeTokenHeader(token, settings.maxTokenBytes); // 1
-  const header = checkHeader(decodedHeader); // 2
+  const header = checkedHeaderOf(token, settings.maxTokenBytes); // 1, 2
   const key = await options.keys.getKey(header.kid); // 3
   const claims = await verifySignature(token, key); // 4
   checkIssuer(claims, options.issuer); // 5
@@ -196,7 +195,7 @@ const BASE64URL = /^[A-Za-z0-9_-]+$/;
  * for presence, since the signature covers its exact characters and the JWS verifier rejects
  * non-ASCII or undecodable payloads (ERR_TOKEN_MALFORMED) before anything reads it.
  */
-function decodeTokenHeader(token: string, maxTokenBytes: number): JsonObject {
+function checkTokenShape(token: string, maxTokenBytes: number): string {
   if (token.length > maxTokenBytes) {
     throw new ShieldError(
       "ERR_TOKEN_MALFORMED",
@@ -221,6 +220,10 @@ function decodeTokenHeader(token: string, maxTokenBytes: number): JsonObject {
   ) {
     throw new ShieldError("ERR_TOKEN_MALFORMED", "token part is not valid base64url");
   }
+  return encodedHeader;
+}
+
+function decodeTokenHeader(encodedHeader: string): JsonObject {
   let header: unknown;
   try {
     header = JSON.parse(utf8.decode(Buffer.from(encodedHeader, "base64url")));
@@ -228,6 +231,26 @@ function decodeTokenHeader(token: string, maxTokenBytes: number): JsonObject {
     throw new ShieldError("ERR_TOKEN_MALFORMED", "token header is not UTF-8 JSON", { cause });
   }
   if (!isObject(header)) throw new ShieldError("ERR_TOKEN_MALFORMED", "token header is not a JSON object");
+  return header;
+}
+
+/**
+ * Checks 1 and 2. An issuer signs every token with one of a few keys, so the encoded header
+ * repeats from token to token: a header that passed check 2 is remembered by its exact text
+ * (a bounded cache of frozen results) instead of being decoded again for each token.
+ */
+const checkedHeaders = new Map<string, MaaTokenHeader>();
+const CHECKED_HEADERS_LIMIT = 32;
+
+function checkedHeaderOf(token: string, maxTokenBytes: number): MaaTokenHeader {
+  const encodedHeader = checkTokenShape(token, maxTokenBytes);
+  const known = checkedHeaders.get(encodedHeader);
+  if (known !== undefined) return known;
+  const header = Object.freeze(checkHeader(decodeTokenHeader(encodedHeader)));
+  if (encodedHeader.length <= 1024) {
+    if (checkedHeaders.size >= CHECKED_HEADERS_LIMIT) checkedHeaders.clear();
+    checkedHeaders.set(encodedHeader, header);
+  }
   return header;
 }
 

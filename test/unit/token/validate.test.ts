@@ -2,6 +2,7 @@ import { inspect } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ShieldError, type ShieldErrorCode } from "../../../core/errors.js";
 import {
+  createMaaTokenIssuer,
   staticSigningKeys,
   validateMaaToken,
   maaTokenHash,
@@ -513,5 +514,27 @@ describe("validateMaaToken check order", () => {
       sevSnpClaims({ iss: "x", exp: 1, "x-ms-attestation-type": undefined }),
     );
     await expectCode(token, "ERR_TOKEN_SIGNATURE", { expectedNonce: "other", runtimeData: Buffer.from("x") });
+  });
+});
+
+describe("remembered headers", () => {
+  it("still checks the signature and every claim of a token whose header was seen before", async () => {
+    const issuer = await createMaaTokenIssuer({ issuer: "https://cache.attest.example" });
+    const keys = staticSigningKeys(issuer.certsDocument());
+    const at = new Date("2026-06-01T00:00:00Z");
+    const good = await issuer.issue({ "x-ms-attestation-type": "sgx" }, { at });
+    await expect(validateMaaToken(good, { keys, at })).resolves.toMatchObject({ attestationType: "sgx" });
+    const [h, p, s] = good.split(".");
+    const forged = `${h}.${Buffer.from(JSON.stringify({ iss: issuer.issuer, exp: 4102444800, "x-ms-attestation-type": "sevsnpvm" })).toString("base64url")}.${s}`;
+    await expect(validateMaaToken(forged, { keys, at })).rejects.toMatchObject({
+      code: "ERR_TOKEN_SIGNATURE",
+    });
+    await expect(
+      validateMaaToken(good, { keys, at: new Date("2026-06-02T00:00:00Z") }),
+    ).rejects.toMatchObject({
+      code: "ERR_TOKEN_EXPIRED",
+    });
+    const none = `${Buffer.from(JSON.stringify({ alg: "none", kid: "x" })).toString("base64url")}.${p}.`;
+    await expect(validateMaaToken(none, { keys, at })).rejects.toMatchObject({ code: "ERR_TOKEN_ALG" });
   });
 });
