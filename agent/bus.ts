@@ -2,7 +2,8 @@
  * The agent's end of the bus, chosen by `SHIELD_BUS`: Azure Service Bus (requests on
  * `attestation-requests`, its own session on `attestation-results`, signed in with
  * DefaultAzureCredential — the pod's managed or workload identity) or Azure Storage Queues
- * (Azurite in the embedded default; a connection string). Each adapter and its SDK is loaded
+ * (Azurite in the embedded default; a connection string), spoken over REST without the SDK to
+ * keep the agent's memory small. Each adapter and its SDK is loaded
  * only when chosen, with a dynamic import of a fixed module, so a bundle holds both and a start
  * pays only for one.
  */
@@ -26,15 +27,15 @@ export async function openAgentBus(config: AgentConfig, logger: Logger): Promise
 async function openStorageQueueBus(config: AgentConfig, logger: Logger): Promise<AgentBus> {
   const connectionString = config.bus.storageConnectionString;
   if (connectionString === undefined) throw new TypeError("SHIELD_STORAGE_CONNECTION_STRING is required");
-  const { createStorageQueueBus } = await import("../adapters/storage-queue/bus.js");
-  const bus = createStorageQueueBus({
+  const { createStorageQueueAgentBus } = await import("./storage-queue-rest.js");
+  const bus = createStorageQueueAgentBus({
     connectionString: connectionString.reveal(),
     requestsQueue: config.bus.requestQueue,
     logger,
   });
-  const inbox = bus.openAgentInbox(config.agentId);
+  const inbox = bus.openInbox(config.agentId);
   return {
-    requests: bus,
+    requests: bus.requests,
     inbox,
     async close() {
       await inbox.close();
