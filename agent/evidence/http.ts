@@ -4,6 +4,8 @@
  * response body, no redirects, and failures as typed errors. Responses are untrusted input:
  * callers parse them from `unknown` with a schema.
  */
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { ShieldError } from "../../core/errors.js";
 import { errnoOf } from "./device-files.js";
 
@@ -28,25 +30,68 @@ export interface HttpAnswer {
 /**
  * Makes one call and returns any status with its body. Throws ERR_TIMEOUT when the deadline
  * passes (connecting, waiting or reading), ERR_NETWORK when the service cannot be reached, and
- * ERR_EVIDENCE_MALFORMED for an oversized body.
+ * ERR_EVIDENCE_MALFORMED for an oversized body. Built on `node:http` rather than `fetch`: the
+ * agent runs with `--jitless` to stay small, and Node's fetch needs WebAssembly.
  */
-export async function httpCall(call: HttpCall): Promise<HttpAnswer> {
-  const signal = AbortSignal.timeout(call.timeoutMs);
+export function httpCall(call: HttpCall): Promise<HttpAnswer> {
   const headers: Record<string, string> = { accept: "application/json", ...call.headers };
-  if (call.json !== undefined) headers["content-type"] = "application/json";
-  try {
-    const response = await fetch(call.url, {
-      method: call.method,
-      headers,
-      ...(call.json === undefined ? {} : { body: JSON.stringify(call.json) }),
-      redirect: "manual",
-      signal,
-    });
-    const body = await readBounded(response, call);
-    return { status: response.status, body };
-  } catch (error) {
-    throw transportError(error, call, signal);
+  const body = call.json === undefined ? undefined : Buffer.from(JSON.stringify(call.json), "utf8");
+  if (body !== undefined) {
+    headers["content-type"] = "application/json";
+    headers["content-length"] = String(body.length);
   }
+  let url: URL;
+  try {
+    url = new URL(call.url);
+  } catch (cause) {
+    return Promise.reject(
+      new ShieldError("ERR_NETWORK", `${call.service} unreachable at an invalid URL`, { cause }),
+    );
+  }
+  const send = url.protocol === "https:" ? httpsRequest : httpRequest;
+  return new Promise<HttpAnswer>((resolve, reject) => {
+    let settled = false;
+    const finish = (error: ShieldError | undefined, answer?: HttpAnswer) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (error !== undefined) {
+        request.destroy();
+        reject(error);
+      } else resolve(answer!);
+    };
+    const timer = setTimeout(
+      () =>
+        finish(new ShieldError("ERR_TIMEOUT", `${call.service} did not answer within ${call.timeoutMs} ms`)),
+      call.timeoutMs,
+    );
+    timer.unref();
+    const request = send(url, { method: call.method, headers }, (response) => {
+      const declared = Number(response.headers["content-length"] ?? "NaN");
+      if (Number.isFinite(declared) && declared > call.maxBytes) {
+        response.destroy();
+        finish(tooLarge(call));
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let total = 0;
+      response.on("data", (chunk: Buffer) => {
+        total += chunk.length;
+        if (total > call.maxBytes) {
+          response.destroy();
+          finish(tooLarge(call));
+          return;
+        }
+        chunks.push(chunk);
+      });
+      response.on("end", () =>
+        finish(undefined, { status: response.statusCode ?? 0, body: Buffer.concat(chunks, total) }),
+      );
+      response.on("error", (error) => finish(networkError(error, call)));
+    });
+    request.on("error", (error) => finish(networkError(error, call)));
+    request.end(body);
+  });
 }
 
 /** The typed error for a non-2xx status. */
@@ -69,44 +114,16 @@ export function jsonBody(answer: HttpAnswer, service: string): unknown {
   }
 }
 
-async function readBounded(response: Response, call: HttpCall): Promise<Buffer> {
-  const declared = Number(response.headers.get("content-length") ?? "NaN");
-  if (Number.isFinite(declared) && declared > call.maxBytes) {
-    await response.body?.cancel();
-    throw tooLarge(call);
-  }
-  if (response.body === null) return Buffer.alloc(0);
-  const chunks: Buffer[] = [];
-  let total = 0;
-  // Leaving the loop early cancels the stream, so an oversized body is not read to its end.
-  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-    total += chunk.byteLength;
-    if (total > call.maxBytes) throw tooLarge(call);
-    chunks.push(Buffer.from(chunk));
-  }
-  return Buffer.concat(chunks, total);
-}
-
 function tooLarge(call: HttpCall): ShieldError {
   return new ShieldError("ERR_EVIDENCE_MALFORMED", `${call.service} response exceeds ${call.maxBytes} bytes`);
 }
 
-function transportError(error: unknown, call: HttpCall, signal: AbortSignal): ShieldError {
-  if (error instanceof ShieldError) return error;
-  if (signal.aborted) {
-    return new ShieldError("ERR_TIMEOUT", `${call.service} did not answer within ${call.timeoutMs} ms`, {
-      cause: error,
-    });
-  }
-  // undici reports connection failures as TypeError("fetch failed") with the system error as cause.
-  const cause = error instanceof Error ? error.cause : undefined;
-  const errno = errnoOf(cause) ?? "";
+function networkError(error: unknown, call: HttpCall): ShieldError {
+  const errno = errnoOf(error) ?? "";
   return new ShieldError(
     "ERR_NETWORK",
     `${call.service} unreachable at ${origin(call.url)}${errno ? ` (${errno})` : ""}`,
-    {
-      cause: error,
-    },
+    { cause: error },
   );
 }
 

@@ -1,0 +1,24 @@
+/**
+ * The agent as its image runs it: the esbuild bundle in a separate `node` process with the image's
+ * flags (among them `--jitless`, under which there is no WebAssembly and so no `fetch`), against
+ * the local stack. It must reach `ready`; how fast and how small is the benchmark's business.
+ */
+import { readFile } from "node:fs/promises";
+import { describe, expect, it } from "vitest";
+import { AGENT_NODE_FLAGS, benchAgent } from "../../bench/agent.js";
+
+describe("bundled agent under the image's node flags", () => {
+  it("uses the same flags as agent/Dockerfile", async () => {
+    const dockerfile = await readFile(new URL("../../agent/Dockerfile", import.meta.url), "utf8");
+    const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(dockerfile)?.[1];
+    expect(entrypoint).toBeDefined();
+    const args = JSON.parse(entrypoint!) as string[];
+    expect(args.slice(1, -1)).toEqual([...AGENT_NODE_FLAGS]);
+  });
+
+  it("attests and serves its key from a separate process", async () => {
+    const result = await benchAgent({ settleMs: 100 });
+    expect(result.agentReadyMs).toBeGreaterThan(0);
+    expect(result.bundleBytes).toBeGreaterThan(0);
+  }, 120_000);
+});
