@@ -36,9 +36,7 @@ import { silentLogger, type Logger } from "../../core/ports/logger.js";
 import { loadCertificates } from "../../core/x509/certificate.js";
 import { httpCall, jsonBody, statusError, type HttpAnswer } from "./http.js";
 import {
-  base64url,
   checkReportDataEchoed,
-  finishEvidence,
   reportDataFor,
   type Evidence,
   type ProbeResult,
@@ -46,6 +44,7 @@ import {
 } from "./provider.js";
 import {
   resolveSnpCollateral,
+  rawSnpEvidence,
   type SnpCollateralSources,
   type SuppliedCollateral,
 } from "./snp-collateral.js";
@@ -165,18 +164,7 @@ export function createAzureSidecarProvider(options: AzureSidecarOptions = {}): R
         chainSource: collateral.chainSource,
         uvmEndorsements: collateral.uvmEndorsements !== undefined,
       });
-      return finishEvidence(
-        {
-          tee: "sevsnp",
-          format: "raw",
-          report: base64url(report.raw),
-          vcekChain: collateral.vcekChain,
-          ...(collateral.uvmEndorsements === undefined
-            ? {}
-            : { uvmEndorsements: base64url(collateral.uvmEndorsements) }),
-        },
-        SERVICE,
-      );
+      return rawSnpEvidence(report, collateral, SERVICE);
     },
   };
 }

@@ -40,16 +40,14 @@ import {
   type DeviceFiles,
 } from "./device-files.js";
 import {
-  base64url,
   checkReportDataArgument,
   checkReportDataEchoed,
   createSerialiser,
-  finishEvidence,
   type Evidence,
   type ProbeResult,
   type ReportDataProvider,
 } from "./provider.js";
-import { resolveSnpCollateral, type SnpCollateralSources } from "./snp-collateral.js";
+import { rawSnpEvidence, resolveSnpCollateral, type SnpCollateralSources } from "./snp-collateral.js";
 
 export const DEFAULT_TSM_ROOT = "/sys/kernel/config/tsm/report";
 /** The `provider` value of the SEV guest driver (its KBUILD_MODNAME). */
@@ -225,18 +223,7 @@ export function createConfigfsTsmProvider(options: ConfigfsTsmOptions = {}): Rep
       chainSource: collateral.chainSource,
       uvmEndorsements: collateral.uvmEndorsements !== undefined,
     });
-    return finishEvidence(
-      {
-        tee: "sevsnp",
-        format: "raw",
-        report: base64url(report.raw),
-        vcekChain: collateral.vcekChain,
-        ...(collateral.uvmEndorsements === undefined
-          ? {}
-          : { uvmEndorsements: base64url(collateral.uvmEndorsements) }),
-      },
-      "configfs-tsm",
-    );
+    return rawSnpEvidence(report, collateral, "configfs-tsm");
   }
 }
 

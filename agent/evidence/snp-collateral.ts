@@ -19,6 +19,7 @@ import { ShieldError } from "../../core/errors.js";
 import type { SnpReport } from "../../core/evidence/sevsnp/index.js";
 import { derToPem, loadCertificates } from "../../core/x509/certificate.js";
 import { errnoOf } from "./device-files.js";
+import { base64url, finishEvidence, type Evidence } from "./provider.js";
 import {
   checkThimTcb,
   readUvmSecurityContext,
@@ -125,4 +126,20 @@ async function readChainFile(path: string): Promise<X509Certificate[]> {
 
 function pemChain(certificates: readonly X509Certificate[]): string {
   return certificates.map((cert) => derToPem(cert.raw)).join("");
+}
+
+/** The `sevsnp/raw` evidence for a report and the collateral resolved for it. */
+export function rawSnpEvidence(report: SnpReport, collateral: SnpCollateral, source: string): Evidence {
+  return finishEvidence(
+    {
+      tee: "sevsnp",
+      format: "raw",
+      report: base64url(report.raw),
+      vcekChain: collateral.vcekChain,
+      ...(collateral.uvmEndorsements === undefined
+        ? {}
+        : { uvmEndorsements: base64url(collateral.uvmEndorsements) }),
+    },
+    source,
+  );
 }
