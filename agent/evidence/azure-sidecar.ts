@@ -18,7 +18,9 @@
  * 4. the report must be 1184 bytes and parse (ERR_EVIDENCE_MALFORMED and the parser's codes);
  * 5. its REPORT_DATA must be sha256(runtime data) followed by 32 zero bytes
  *    (ERR_EVIDENCE_REPORT_DATA): the agent does not take the sidecar's hashing on trust;
- * 6. `endorsed_tcb`, when given, must be the report's REPORTED_TCB (ERR_EVIDENCE_TCB_MISMATCH);
+ * 6. `endorsed_tcb`, when given, must be the report's REPORTED_TCB; when it is not (the sidecar's
+ *    certificates predate a host TCB update), the configured THIM or chain file supplies fresh
+ *    ones, and without such a source the answer is refused (ERR_EVIDENCE_TCB_MISMATCH);
  * 7. the chain is the sidecar's `endorsements` when they hold VCEK, ASK and ARK; otherwise it
  *    comes from the configured sources (chain file, UVM security context, THIM; see
  *    snp-collateral.ts), and so does a missing UVM endorsement;
@@ -157,8 +159,27 @@ export function createAzureSidecarProvider(options: AzureSidecarOptions = {}): R
       }
       const answer = await fetchAnswer(runtimeData);
       const report = reportFrom(answer.report, runtimeData);
-      if (answer.endorsedTcb !== undefined) checkEndorsedTcb(answer.endorsedTcb, report);
-      const collateral = await resolveSnpCollateral(report, supplied(answer), options.collateral ?? {});
+      let endorsements = supplied(answer);
+      if (answer.endorsedTcb !== undefined) {
+        try {
+          checkEndorsedTcb(answer.endorsedTcb, report);
+        } catch (error) {
+          // The sidecar fetches its certificates once, at start; after a host TCB update they
+          // are stale. Fresh ones from THIM or a chain file replace them; without such a
+          // source the mismatch stands.
+          const sources = options.collateral ?? {};
+          if (sources.thim === undefined && sources.chainFile === undefined) throw error;
+          logger(
+            "warn",
+            "attestation sidecar certificates are for another TCB; using the configured sources",
+            {
+              reportedTcb: report.reportedTcb.raw,
+            },
+          );
+          endorsements = withoutCertificates(endorsements);
+        }
+      }
+      const collateral = await resolveSnpCollateral(report, endorsements, options.collateral ?? {});
       checkSignedByLeaf(report, collateral.vcekChain);
       logger("debug", "attestation sidecar evidence collected", {
         chainSource: collateral.chainSource,
@@ -265,6 +286,10 @@ function checkEndorsedTcb(endorsedTcb: string, report: SnpReport): void {
 }
 
 /** Step 7 (what the sidecar supplied): VCEK PEM then chain PEM, i.e. VCEK, ASK, ARK. */
+function withoutCertificates(collateral: SuppliedCollateral): SuppliedCollateral {
+  return collateral.uvmEndorsements === undefined ? {} : { uvmEndorsements: collateral.uvmEndorsements };
+}
+
 function supplied(answer: SidecarAnswer): SuppliedCollateral {
   let certificates: X509Certificate[] = [];
   if (answer.endorsements !== undefined && answer.endorsements.length > 0) {

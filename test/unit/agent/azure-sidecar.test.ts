@@ -244,6 +244,22 @@ describe("Azure attestation sidecar provider", () => {
     expect(error.violations[0]).toMatchObject({ field: "endorsed_tcb", expected: reportedTcb });
   });
 
+  it("takes fresh certificates from THIM when the sidecar's are for another TCB", async () => {
+    const fake = await sidecar({
+      combined: (runtime) => ({
+        status: 200,
+        body: combinedAnswer(runtime, { endorsed_tcb: "DB18000000000004" }),
+      }),
+    });
+    const thim = await thimServer(() => thimDocument(platform));
+    const evidence = await provider(fake.url, {
+      collateral: { securityContext: false, thim: createThimClient({ url: thim.url }) },
+    }).collect(runtimeData());
+    expect(thim.requests).toHaveLength(1);
+    if (evidence.format !== "raw") throw new Error("unreachable");
+    expect(loadCertificates(evidence.vcekChain)[0]?.raw).toEqual(platform.leaf.raw);
+  });
+
   it.each<[string, (runtime: Buffer) => ReturnType<FakeRoute>]>([
     ["a body that is not JSON", () => ({ status: 200, text: "<html>" })],
     ["a document without evidence", () => ({ status: 200, body: { endorsements: "" } })],
