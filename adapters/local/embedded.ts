@@ -18,7 +18,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startAzurite } from "./azurite.js";
 import { startLocalStack } from "./stack.js";
-import { startLocalFunctionsHost } from "./functions-host.js";
+import { startLocalFunctionsHost, type QueueFunctionHandler } from "./functions-host.js";
 import { localKeyVaultCredential } from "./keyvault/credential.js";
 import { createKeyVaultKeyStore } from "../keyvault/key-store.js";
 import { createStorageQueueBus } from "../storage-queue/bus.js";
@@ -28,7 +28,6 @@ import {
 } from "../../core/evidence/simulated/sevsnp.js";
 import { renderReleasePolicy, serializeReleasePolicy } from "../../core/policy/index.js";
 import type { Logger } from "../../core/ports/logger.js";
-import { attest } from "../../functions/attest.js";
 import { composition, resetComposition } from "../../functions/composition/root.js";
 import { main as agentMain } from "../../agent/main.js";
 
@@ -44,6 +43,26 @@ export interface EmbeddedOptions {
 const DEMO_CONTAINER_POLICY =
   'package policy\n\nimport future.keywords.every\n\ndefault allow_all := false\n# demo workload "orders"\n';
 const DEMO_KEY = "demo-orders-key";
+
+/**
+ * Loads the `attest` function file as the Functions host would. Outside that host the
+ * `@azure/functions` package says, on import, that it runs in test mode and skips registering;
+ * both are expected here (this local host drives the exported handler), so those two notices
+ * are not printed.
+ */
+async function loadAttestFunction(): Promise<QueueFunctionHandler> {
+  const warn = console.warn;
+  console.warn = (...args: unknown[]) => {
+    const text = args.map(String).join(" ");
+    if (/Azure Functions runtime|Skipping call to register function/.test(text)) return;
+    warn(...args);
+  };
+  try {
+    return (await import("../../functions/attest.js")).attest;
+  } finally {
+    console.warn = warn;
+  }
+}
 
 export interface EmbeddedRun {
   readonly released: { name: string; version: string; bytes: number }[];
@@ -108,7 +127,7 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
     stops.push(() => bus.close());
     const host = startLocalFunctionsHost({
       functionName: "attest",
-      handler: attest,
+      handler: await loadAttestFunction(),
       receiver: bus.openRequestReceiver(),
       logger,
     });
