@@ -13,7 +13,7 @@
  * - a credential that cannot produce a token → ERR_CONFIG, or ERR_UPSTREAM_UNAVAILABLE when the
  *   identity endpoint answered 5xx.
  */
-import { isLoopbackUrlHost } from "../loopback.js";
+import { serviceOrigin } from "../loopback.js";
 import type { TokenCredential } from "@azure/core-auth";
 import type {
   CreateEcKeyOptions,
@@ -68,27 +68,11 @@ const MANAGED_KEY_TYPES: readonly string[] = ["oct-HSM", "RSA-HSM", "EC-HSM"];
  * Key Vault-compatible server). Returns the origin and whether the connection is a local one.
  */
 export function checkVaultUrl(vaultUrl: string): { readonly origin: string; readonly local: boolean } {
-  let url: URL;
-  try {
-    url = new URL(vaultUrl);
-  } catch {
-    throw new ShieldError("ERR_CONFIG", "the Key Vault URL is not a valid URL");
-  }
-  if (
-    url.username !== "" ||
-    url.password !== "" ||
-    url.search !== "" ||
-    url.hash !== "" ||
-    url.pathname !== "/"
-  ) {
-    throw new ShieldError(
-      "ERR_CONFIG",
-      "the Key Vault URL must be an origin without a path, query or credentials",
-    );
-  }
-  if (url.protocol === "https:") return { origin: url.origin, local: false };
-  if (url.protocol === "http:" && isLoopbackUrlHost(url.hostname)) return { origin: url.origin, local: true };
-  throw new ShieldError("ERR_CONFIG", "the Key Vault URL must use https (plain http only on loopback)");
+  return serviceOrigin(vaultUrl, {
+    invalid: "the Key Vault URL is not a valid URL",
+    notOrigin: "the Key Vault URL must be an origin without a path, query or credentials",
+    insecure: "the Key Vault URL must use https (plain http only on loopback)",
+  });
 }
 
 /** Options for `new KeyClient(...)`. */

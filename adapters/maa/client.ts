@@ -8,7 +8,7 @@
  * Responses are read up to a size limit. Nothing it logs or throws carries evidence, tokens or
  * MAA's free-text messages; only status codes, MAA's error code and SHA-256 hashes.
  */
-import { isLoopbackUrlHost } from "../loopback.js";
+import { serviceOrigin } from "../loopback.js";
 import { createHash } from "node:crypto";
 import { ShieldError, type ShieldErrorCode } from "../../core/errors.js";
 import type {
@@ -195,28 +195,11 @@ export function createMaaClient(options: MaaClientOptions): MaaClient {
 /** The instance URL as an origin: https (or http on loopback), no path, query or credentials. */
 function instanceBase(instanceUrl: string): string {
   if (typeof instanceUrl !== "string") throw new TypeError("instanceUrl must be a string");
-  let url: URL;
-  try {
-    url = new URL(instanceUrl);
-  } catch {
-    throw new ShieldError("ERR_CONFIG", "the MAA instance URL is not a URL");
-  }
-  const secure = url.protocol === "https:" || (url.protocol === "http:" && isLoopbackUrlHost(url.hostname));
-  if (!secure)
-    throw new ShieldError("ERR_CONFIG", "the MAA instance URL must be https (http only on loopback)");
-  if (
-    url.username !== "" ||
-    url.password !== "" ||
-    url.search !== "" ||
-    url.hash !== "" ||
-    url.pathname !== "/"
-  ) {
-    throw new ShieldError(
-      "ERR_CONFIG",
-      "the MAA instance URL must be an origin, such as https://name.region.attest.azure.net",
-    );
-  }
-  return url.origin;
+  return serviceOrigin(instanceUrl, {
+    invalid: "the MAA instance URL is not a URL",
+    notOrigin: "the MAA instance URL must be an origin, such as https://name.region.attest.azure.net",
+    insecure: "the MAA instance URL must be https (http only on loopback)",
+  }).origin;
 }
 
 function checkRequest(request: AttestSevSnpRequest | AttestSgxRequest): void {
