@@ -6,29 +6,36 @@
  * trusted result unwraps every released key with the runtime key and installs it in memory.
  *
  * A round, in order:
- * 1. runtime data: the start-time bytes, or fresh bytes carrying the challenge nonce;
+ * 1. a challenge: the one that started the round, or else one asked for with a
+ *    `challenge-request` (every attestation answers a nonce the control plane issued); runtime
+ *    data are fresh bytes carrying that nonce;
  * 2. evidence from the provider, bound to exactly those bytes;
  * 3. the request (a new request id) is sent; the result with that id is awaited;
  * 4. no result within the result timeout: the same request is sent again (the functions answer a
  *    repeated request id from their record, without a second release);
- * 5. a result with verdict `error` (the functions gave up on a transient failure): a new
- *    request with fresh evidence;
+ * 5. a result with verdict `error` (the functions gave up on a transient failure), or a denial
+ *    that speaks only of freshness (the challenge expired, was used or is unknown — e.g. a
+ *    replayed challenge was answered): a new challenge and a new request with fresh evidence;
  * 6. steps 4 and 5, and transient failures of steps 2 and 3, are retried with exponential
  *    backoff and full jitter (core/retry) until the round ends or is replaced;
  * 7. a trusted result must vouch for at least `minAttestedMs` from now (else it is asked for
  *    again, with fresh evidence and backoff, as in step 5), and is believed for at most
  *    `maxAttestedMs` from now;
  * 8. every release response is verified (signer trust as configured) and unwrapped, its key id
- *    must name the key and version the result lists, each name must be a requested key and
+ *    must name the configured vault and the key and version the result lists, a nonce Key Vault
+ *    echoes must be the challenge nonce, each name must be a requested key and
  *    appear once, and no version may be revoked or older than one installed before (held-keys.ts);
  *    only when all of them pass are they installed (all or nothing); a denial is logged with its
  *    code and violations; a terminal failure on this side ends the round as `round-failed`. While
  *    keys are held (re-attesting) a failed round is run again after a capped backoff, and the
  *    keys are served until `attestedUntil`.
  *
- * Inbox messages are parsed from `unknown` with the message schemas; results for other request
- * ids (duplicates, replaced rounds) and messages for other agents are dropped; a challenge nonce
- * is answered once. Key events: `rotated` for a version not held starts a round (the previous
+ * Inbox messages are signed by the control plane (core/control): each is verified against the
+ * pinned control-plane keys, must be addressed to this agent, unexpired and not seen before;
+ * anything else is dropped with a log line and a count (`status().inbox`), and changes nothing.
+ * Results for other request ids (duplicates, replaced rounds), and results that do not carry the
+ * digest of the request this agent sent (`requestDigest`), are dropped; a challenge nonce is
+ * answered once. Key events: `rotated` for a version not held starts a round (the previous
  * version is served until the new one is installed); `revoked` of the version being served
  * revokes the agent, of an older held version wipes that version, and any revoked version of a
  * configured key is remembered so that no later result installs it.
@@ -41,11 +48,12 @@
  * lives until the garbage collector frees it.
  */
 import { ShieldError, isShieldError, isShieldErrorCode, isTransientCode } from "../core/errors.js";
+import { ControlReplayGuard, verifyControlMessage, type ControlKeySet } from "../core/control/signed.js";
 import type { SignerTrust } from "../core/keywrap/index.js";
 import {
-  DEFAULT_MAX_MESSAGE_BYTES,
   makeAttestationRequest,
-  parseMessage,
+  makeChallengeRequest,
+  requestDigest,
   type AttestationRequest,
   type AttestationResult,
   type Challenge,
@@ -103,6 +111,13 @@ export interface AgentOptions {
    * let anyone who can write to the agent's inbox choose its keys.
    */
   readonly releaseSigners: SignerTrust;
+  /**
+   * The control-plane keys (one, or two while that key rotates): only messages signed by one of
+   * them are acted on. Required: the inbox is writable by more parties than the control plane.
+   */
+  readonly controlKeys: ControlKeySet;
+  /** The Key Vault (or Managed HSM) origin release responses must come from (`https://<vault>`). */
+  readonly keyVaultUrl: string;
   readonly keyFiles?: KeyFiles;
   readonly timing?: AgentTiming;
   readonly clock?: Clock;
@@ -122,6 +137,14 @@ export interface AgentStatus {
   readonly runtimeKeyId: string;
   readonly configuredKeys: readonly string[];
   readonly keys: ReturnType<HeldKeysView["summary"]>;
+  readonly inbox: InboxCounters;
+}
+
+/** What the inbox did with what it received. */
+export interface InboxCounters {
+  readonly accepted: number;
+  /** Messages dropped unverified or unwanted, by the code of the reason. */
+  readonly dropped: Readonly<Record<string, number>>;
 }
 
 export interface Agent {
@@ -157,9 +180,21 @@ const ANSWERED_NONCES = 64;
 /** Renew this long before `attestedUntil`: a tenth of the time left, at most five minutes. */
 const renewalLead = (remainingMs: number): number => Math.min(remainingMs / 10, 300_000);
 
+/** Denial codes that say nothing about the workload, only that the nonce was not fresh. */
+const FRESHNESS_CODES: ReadonlySet<string> = new Set([
+  "ERR_CHALLENGE_UNKNOWN",
+  "ERR_CHALLENGE_EXPIRED",
+  "ERR_CHALLENGE_USED",
+  "ERR_CHALLENGE_MISMATCH",
+  "ERR_REQUEST_REPLAYED",
+]);
+
 interface Round {
   readonly purpose: AttestPurpose;
-  readonly nonce?: string;
+  /** The challenge being answered: the one that started the round, or one asked for. */
+  nonce?: string;
+  /** Set while the round waits for the challenge it asked for. */
+  challengeWaiter?: (nonce: string) => void;
   readonly abort: AbortController;
   request?: AttestationRequest;
   /** A result that came while nobody was waiting (between a timeout and the resend). */
@@ -181,7 +216,10 @@ interface UnwrappedKey {
 
 export function createAgent(options: AgentOptions): Agent {
   checkOptions(options);
-  const { agentId, workload, provider, runtimeKey, requests, inbox, releaseSigners } = options;
+  const { agentId, workload, provider, runtimeKey, requests, inbox, releaseSigners, controlKeys } = options;
+  const keyVaultOrigin = new URL(options.keyVaultUrl).origin;
+  const replayGuard = new ControlReplayGuard();
+  const inboxCounters = { accepted: 0, dropped: {} as Record<string, number> };
   const configuredKeys = Object.freeze([...options.keys]);
   const clock = options.clock ?? systemClock;
   const random = options.random ?? systemRandom;
@@ -280,7 +318,8 @@ export function createAgent(options: AgentOptions): Agent {
     retryTimer = setTimeout(() => {
       retryTimer = undefined;
       const waiting = state.name === "re-attesting" || state.name === "attesting";
-      if (round === undefined && waiting && !stopping) startRound(again.purpose, again.nonce);
+      // A fresh challenge: the failed round's nonce may have been used or have expired.
+      if (round === undefined && waiting && !stopping) startRound(again.purpose, undefined);
     }, delayMs);
     retryTimer.unref();
   }
@@ -363,9 +402,14 @@ export function createAgent(options: AgentOptions): Agent {
   async function attempt(current: Round): Promise<RoundOutcome> {
     const signal = current.abort.signal;
     if (signal.aborted) throw new RoundReplaced();
+    if (current.nonce === undefined) {
+      current.request = undefined;
+      current.nonce = await askForChallenge(current);
+      if (signal.aborted) throw new RoundReplaced();
+    }
     if (current.request === undefined) {
       current.arrived = undefined;
-      current.request = await buildRequest(current);
+      current.request = await buildRequest(current, current.nonce);
       if (signal.aborted) throw new RoundReplaced();
     }
     const request = current.request;
@@ -374,7 +418,6 @@ export function createAgent(options: AgentOptions): Agent {
       agentId,
       requestId: request.requestId,
       purpose: current.purpose,
-      challenge: request.challenge !== undefined,
     });
     const result = await waitForResult(current, timing.resultTimeoutMs);
     if (result === undefined) {
@@ -384,10 +427,21 @@ export function createAgent(options: AgentOptions): Agent {
         `no attestation result within ${Math.round(timing.resultTimeoutMs / 1000)} s`,
       );
     }
+    if (result.verdict === "denied" && FRESHNESS_CODES.has(result.denial.code)) {
+      // The nonce was not fresh (expired while evidence was collected, already used, replaced):
+      // a verdict on the nonce, not on this workload. A new challenge, fresh evidence.
+      current.request = undefined;
+      current.nonce = undefined;
+      throw new ShieldError(
+        "ERR_UPSTREAM_UNAVAILABLE",
+        `the challenge was not accepted (${result.denial.code})`,
+      );
+    }
     if (result.verdict === "error") {
       // The functions could not complete the request (they give up only on transient
       // failures): ask again, with fresh evidence, whatever code they name.
       current.request = undefined;
+      current.nonce = undefined;
       const code = result.denial.code;
       throw new ShieldError(
         isShieldErrorCode(code) && isTransientCode(code) ? code : "ERR_UPSTREAM_UNAVAILABLE",
@@ -396,7 +450,7 @@ export function createAgent(options: AgentOptions): Agent {
     }
     if (result.verdict === "trusted") {
       checkAttestedUntil(current, result);
-      return { verdict: "trusted", result, keys: unwrapAll(result) };
+      return { verdict: "trusted", result, keys: unwrapAll(result, request.challenge) };
     }
     return { verdict: "denied", result };
   }
@@ -409,6 +463,8 @@ export function createAgent(options: AgentOptions): Agent {
     const remainingMs = new Date(result.attestedUntil).getTime() - clock.now().getTime();
     if (Number.isFinite(remainingMs) && remainingMs >= timing.minAttestedMs) return;
     current.request = undefined;
+    // The request used the nonce up: fresh evidence needs a fresh challenge (step 5).
+    current.nonce = undefined;
     throw new ShieldError(
       "ERR_UPSTREAM_UNAVAILABLE",
       `the attestation result vouches for ${Number.isFinite(remainingMs) ? Math.round(remainingMs / 1000) : "?"} s, less than ${Math.round(timing.minAttestedMs / 1000)} s`,
@@ -446,9 +502,35 @@ export function createAgent(options: AgentOptions): Agent {
     }
   }
 
-  async function buildRequest(current: Round): Promise<AttestationRequest> {
-    const runtimeData: RuntimeData =
-      current.nonce === undefined ? runtimeKey.runtimeData : runtimeKey.bindToNonce(current.nonce);
+  /** Sends a `challenge-request` and waits for the signed challenge it brings. */
+  async function askForChallenge(current: Round): Promise<string> {
+    await requests.sendRequest(
+      makeChallengeRequest({ agentId, workload, tee: provider.tee, sentAt: clock.now() }),
+    );
+    logger("info", "challenge requested", { agentId, purpose: current.purpose });
+    const nonce = await new Promise<string | undefined>((resolve) => {
+      const done = (value: string | undefined): void => {
+        clearTimeout(timer);
+        current.abort.signal.removeEventListener("abort", aborted);
+        current.challengeWaiter = undefined;
+        resolve(value);
+      };
+      const aborted = (): void => done(undefined);
+      const timer = setTimeout(() => done(undefined), timing.resultTimeoutMs);
+      timer.unref();
+      current.abort.signal.addEventListener("abort", aborted, { once: true });
+      current.challengeWaiter = done;
+    });
+    if (nonce !== undefined) return nonce;
+    if (current.abort.signal.aborted) throw new RoundReplaced();
+    throw new ShieldError(
+      "ERR_TIMEOUT",
+      `no challenge within ${Math.round(timing.resultTimeoutMs / 1000)} s`,
+    );
+  }
+
+  async function buildRequest(current: Round, nonce: string): Promise<AttestationRequest> {
+    const runtimeData: RuntimeData = runtimeKey.bindToNonce(nonce);
     const evidence = await collectEvidence(provider, {
       runtimeData: runtimeData.bytes,
       reportData: runtimeData.reportData,
@@ -460,7 +542,7 @@ export function createAgent(options: AgentOptions): Agent {
       tee: provider.tee,
       evidence,
       runtimeData: runtimeData.base64url,
-      ...(current.nonce === undefined ? {} : { challenge: current.nonce }),
+      challenge: nonce,
       keys: [...configuredKeys],
       sentAt: clock.now(),
     });
@@ -488,7 +570,7 @@ export function createAgent(options: AgentOptions): Agent {
   }
 
   /** Verifies and unwraps every released key; any failure rejects the whole result. */
-  function unwrapAll(result: TrustedResult): UnwrappedKey[] {
+  function unwrapAll(result: TrustedResult, challenge: string): UnwrappedKey[] {
     const unwrapped: UnwrappedKey[] = [];
     checkInstallable(result.keys);
     try {
@@ -500,7 +582,20 @@ export function createAgent(options: AgentOptions): Agent {
         if (!key.signerTrusted) {
           throw new ShieldError("ERR_RELEASE_RESPONSE_SIGNATURE", "release response signer is not trusted");
         }
-        checkKeyId(key.kid, released.name, released.version);
+        checkKeyId(key.kid, keyVaultOrigin, released.name, released.version);
+        // Key Vault echoes the request nonce (the challenge) in what it signs: a release
+        // response made for another request cannot be slipped into this one.
+        if (key.nonce !== undefined && key.nonce !== challenge) {
+          throw new ShieldError(
+            "ERR_RELEASE_RESPONSE_NONCE",
+            "release response was made for another request",
+            {
+              violations: [
+                { field: "request.nonce", expected: "the challenge nonce", actual: "another nonce" },
+              ],
+            },
+          );
+        }
         const material = "bytes" in key ? key.bytes : key.privateKey.export({ type: "pkcs8", format: "der" });
         unwrapped.push({ name: released.name, version: released.version, kty: key.kty, material });
       }
@@ -612,18 +707,29 @@ export function createAgent(options: AgentOptions): Agent {
         continue;
       }
       if (received === undefined || stopping) continue;
-      handleMessage(received.body, received.messageId);
+      await handleMessage(received.body, received.messageId);
     }
   }
 
-  function handleMessage(body: unknown, messageId: string): void {
-    let message;
+  function drop(messageId: string, code: string, message: string): void {
+    inboxCounters.dropped[code] = (inboxCounters.dropped[code] ?? 0) + 1;
+    logger("warn", message, { agentId, messageId, code });
+  }
+
+  /** Verifies, then acts; what does not verify changes nothing. */
+  async function handleMessage(body: unknown, messageId: string): Promise<void> {
+    let verified;
     try {
-      message = parseMessage(body, { maxBytes: DEFAULT_MAX_MESSAGE_BYTES });
+      const at = clock.now();
+      verified = await verifyControlMessage(body, { keys: controlKeys, agentId, at });
+      replayGuard.admit(verified, at);
     } catch (error) {
-      logger("warn", "inbox message refused", { agentId, messageId, code: codeOf(error) });
+      drop(messageId, codeOf(error), "inbox message dropped: not a valid control message");
       return;
     }
+    if (stopping) return;
+    inboxCounters.accepted++;
+    const message = verified.message;
     switch (message.type) {
       case "attestation-result":
         onResult(message, messageId);
@@ -634,12 +740,6 @@ export function createAgent(options: AgentOptions): Agent {
       case "key-event":
         onKeyEvent(message, messageId);
         return;
-      default:
-        logger("warn", "inbox message of a type agents do not receive", {
-          agentId,
-          messageId,
-          type: message.type,
-        });
     }
   }
 
@@ -651,6 +751,12 @@ export function createAgent(options: AgentOptions): Agent {
         messageId,
         requestId: result.requestId,
       });
+      return;
+    }
+    // Bound to the request it answers: a result for a doctored copy sent under this request id
+    // (the control plane signs answers to whatever reaches it) is not about this agent's evidence.
+    if (result.requestDigest !== requestDigest(current.request)) {
+      drop(messageId, "ERR_CONTROL_UNBOUND", "attestation result for another request under this id dropped");
       return;
     }
     if (current.waiter !== undefined) current.waiter(result);
@@ -669,6 +775,13 @@ export function createAgent(options: AgentOptions): Agent {
     answeredNonces.push(challenge.nonce);
     if (answeredNonces.length > ANSWERED_NONCES) answeredNonces.shift();
     logger("info", "challenge received", { agentId, messageId, deadline: challenge.deadline });
+    const waiting = round?.challengeWaiter;
+    if (waiting !== undefined) {
+      // The challenge the running round asked for (or one the timer sent meanwhile): answer it.
+      round!.nonce = challenge.nonce;
+      waiting(challenge.nonce);
+      return;
+    }
     dispatch({ type: "challenge", nonce: challenge.nonce, deadline: new Date(challenge.deadline) });
   }
 
@@ -744,6 +857,7 @@ export function createAgent(options: AgentOptions): Agent {
         runtimeKeyId: runtimeKey.kid,
         configuredKeys,
         keys: store.summary(),
+        inbox: { accepted: inboxCounters.accepted, dropped: { ...inboxCounters.dropped } },
       };
     },
     keys: store,
@@ -755,13 +869,25 @@ export function createAgent(options: AgentOptions): Agent {
   };
 }
 
-/** The key id Key Vault signed must name the key and version the result lists. */
-function checkKeyId(kid: string, name: string, version: string): void {
+/** The key id Key Vault signed must name the configured vault, and the key and version the result lists. */
+function checkKeyId(kid: string, vaultOrigin: string, name: string, version: string): void {
   let segments: string[] = [];
+  let origin = "";
   try {
-    segments = new URL(kid).pathname.split("/").filter(Boolean);
+    const url = new URL(kid);
+    origin = url.origin;
+    segments = url.pathname.split("/").filter(Boolean);
   } catch {
     // Reported below.
+  }
+  if (origin !== vaultOrigin) {
+    throw new ShieldError(
+      "ERR_RELEASE_RESPONSE_MALFORMED",
+      "release response is for a key in another vault",
+      {
+        violations: [{ field: "kid", expected: vaultOrigin, actual: origin.slice(0, 256) || "not a URL" }],
+      },
+    );
   }
   if (segments.length !== 3 || segments[0] !== "keys" || segments[1] !== name || segments[2] !== version) {
     throw new ShieldError(
@@ -826,6 +952,18 @@ function checkOptions(options: AgentOptions): void {
   }
   if (options.releaseSigners === undefined || options.releaseSigners === null) {
     throw new TypeError("releaseSigners is required: release responses must come from a trusted signer");
+  }
+  if (typeof options.controlKeys?.find !== "function") {
+    throw new TypeError("controlKeys is required: only messages signed by the control plane are acted on");
+  }
+  let vault: URL;
+  try {
+    vault = new URL(options.keyVaultUrl);
+  } catch {
+    throw new TypeError("keyVaultUrl must be the Key Vault URL release responses come from");
+  }
+  if (vault.protocol !== "https:" && vault.protocol !== "http:") {
+    throw new TypeError("keyVaultUrl must be an http(s) URL");
   }
   for (const name of ["provider", "runtimeKey", "requests", "inbox"] as const) {
     if (typeof options[name] !== "object" || options[name] === null) {

@@ -71,6 +71,8 @@ export interface AgentConfig {
   readonly runtimeKeyBits: RuntimeKeyBits;
   readonly listen: ListenAddress;
   readonly allowNonLoopback: boolean;
+  /** File holding the key API's bearer token; unset: no token is asked for. */
+  readonly keyApiTokenFile?: string;
   readonly keyDir?: string;
   readonly bus: {
     readonly transport: BusTransport;
@@ -81,6 +83,10 @@ export interface AgentConfig {
   };
   /** Who may sign Key Vault release responses; at least one is needed to start. */
   readonly releaseSigner: { readonly caFile?: string; readonly host?: string };
+  /** JWK set file of the control-plane public keys the agent pins; needed to start. */
+  readonly controlKeysFile?: string;
+  /** Origin of the vault release responses must name; needed to start. */
+  readonly keyVaultUrl?: string;
   /** 0: only when challenged. */
   readonly reattestSeconds: number;
   readonly timeouts: {
@@ -149,6 +155,32 @@ function path(fallback: string | undefined) {
       return z.NEVER;
     }
     return text;
+  });
+}
+
+/** A vault origin: https, or plain http on a loopback host (the local Key Vault server). */
+function vaultUrl() {
+  return raw.transform((value, ctx): string | undefined => {
+    if (unset(value)) return undefined;
+    let url: URL;
+    try {
+      url = new URL(value!.trim());
+    } catch {
+      ctx.addIssue({ code: "custom", message: "an https:// URL" });
+      return z.NEVER;
+    }
+    const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(url.hostname);
+    if (
+      (url.protocol !== "https:" && !(url.protocol === "http:" && loopback)) ||
+      url.username !== "" ||
+      url.password !== "" ||
+      (url.pathname !== "/" && url.pathname !== "") ||
+      url.search !== ""
+    ) {
+      ctx.addIssue({ code: "custom", message: "an https:// origin (http only on loopback), without a path" });
+      return z.NEVER;
+    }
+    return url.origin;
   });
 }
 
@@ -373,6 +405,12 @@ export const AGENT_VARIABLES = {
     meaning: "Must be true to bind the key API to an address other than loopback or a Unix socket.",
     schema: flag(false),
   },
+  SHIELD_KEY_API_TOKEN_FILE: {
+    default: "unset (no token)",
+    meaning:
+      "File holding one bearer token (at least 32 characters, e.g. openssl rand -base64 48) that the key API then requires on every route but /healthz, for pods where another container must not read keys. Read at start; a shorter or malformed token stops the agent.",
+    schema: path(undefined),
+  },
   SHIELD_KEY_DIR: {
     default: "unset",
     meaning: "Also write released keys as files here, for apps that read files; use a tmpfs.",
@@ -417,6 +455,18 @@ export const AGENT_VARIABLES = {
     meaning:
       "Key Vault or Managed HSM host (e.g. contoso.vault.azure.net) the release-response signing certificate must be issued to; without SHIELD_RELEASE_SIGNER_CA_FILE its chain must reach a public CA that Node ships, as Microsoft's SKR sidecar checks it.",
     schema: hostName,
+  },
+  SHIELD_CONTROL_KEYS_FILE: {
+    default: "unset",
+    meaning:
+      'JSON file of the control-plane public keys ({"keys":[JWK, ...]}, one, or two while that key rotates; each with the kid the functions sign with): only results, challenges and key events signed by one of them are acted on.',
+    schema: path(undefined),
+  },
+  SHIELD_KEYVAULT_URL: {
+    default: "unset",
+    meaning:
+      "The Key Vault or Managed HSM URL (https://<vault>.vault.azure.net): every released key's id must name it.",
+    schema: vaultUrl(),
   },
   SHIELD_REATTEST_SECONDS: {
     default: "3600",
@@ -497,6 +547,9 @@ export function loadAgentConfig(env: Environment): ConfigResult {
     runtimeKeyBits: values.SHIELD_RUNTIME_KEY_BITS,
     listen: values.SHIELD_LISTEN,
     allowNonLoopback: values.SHIELD_ALLOW_NON_LOOPBACK,
+    ...(values.SHIELD_KEY_API_TOKEN_FILE === undefined
+      ? {}
+      : { keyApiTokenFile: values.SHIELD_KEY_API_TOKEN_FILE }),
     ...(values.SHIELD_KEY_DIR === undefined ? {} : { keyDir: values.SHIELD_KEY_DIR }),
     bus: {
       transport: values.SHIELD_BUS,
@@ -515,6 +568,10 @@ export function loadAgentConfig(env: Environment): ConfigResult {
         : { caFile: values.SHIELD_RELEASE_SIGNER_CA_FILE }),
       ...(values.SHIELD_RELEASE_SIGNER_HOST === undefined ? {} : { host: values.SHIELD_RELEASE_SIGNER_HOST }),
     },
+    ...(values.SHIELD_CONTROL_KEYS_FILE === undefined
+      ? {}
+      : { controlKeysFile: values.SHIELD_CONTROL_KEYS_FILE }),
+    ...(values.SHIELD_KEYVAULT_URL === undefined ? {} : { keyVaultUrl: values.SHIELD_KEYVAULT_URL }),
     reattestSeconds: values.SHIELD_REATTEST_SECONDS ?? 3600,
     timeouts: {
       evidenceMs: values.SHIELD_EVIDENCE_TIMEOUT_MS ?? 10_000,
@@ -552,6 +609,12 @@ export function startRequirements(config: AgentConfig): string[] {
     problems.push(
       "SHIELD_RELEASE_SIGNER_CA_FILE or SHIELD_RELEASE_SIGNER_HOST: required to verify who signed the keys Key Vault releases",
     );
+  }
+  if (config.controlKeysFile === undefined) {
+    problems.push("SHIELD_CONTROL_KEYS_FILE: required to verify that messages come from the control plane");
+  }
+  if (config.keyVaultUrl === undefined) {
+    problems.push("SHIELD_KEYVAULT_URL: required to check which vault released keys come from");
   }
   return problems;
 }

@@ -14,6 +14,17 @@
  * | `/healthz` | 200 while the process serves requests |
  * | `/readyz` | 200 only when the agent is trusted and holds a current version of every configured key; else 503 with what is missing |
  *
+ * Before any route (every route, `/status` and the probes included):
+ * - 421 Misdirected Request unless `Host` names this API (TCP only, see {@link hostAllowed}): a
+ *   web page whose DNS name was rebound to 127.0.0.1 makes the browser send its own name, and
+ *   must not read keys; a missing or repeated `Host` is refused the same way. Over a Unix
+ *   socket no browser can reach the API, and `Host` is not checked;
+ * - 400 for a request target that is not a path (absolute-form names another authority);
+ * - 401 with `WWW-Authenticate: Bearer` when a bearer token is configured
+ *   (`SHIELD_KEY_API_TOKEN_FILE`) and the request does not carry it, on every route but
+ *   `/healthz`: `/status` and `/readyz` name the keys and versions held, which a container that
+ *   must not read keys has no need to learn; `/healthz` says only that the process answers.
+ *
  * Status codes of `/keys/{name}`:
  * - 404: the name is not a configured key (or not a key name at all), or `?version=` names a
  *   version that is not held and was never revoked (never received, or dropped after a rotation);
@@ -24,16 +35,25 @@
  *   lapse) or the agent is stopping;
  * - 400: a malformed query (`version` repeated or not a Key Vault version).
  *
+ * Every error body is `{"error": {"code", "message"}}` with a {@link KeyApiErrorCode} and a fixed
+ * message: never key material, the token, or anything the request sent (not even the `Host`).
  * Every request is logged with method, path (without query) and status only.
  */
-import { lstat, unlink } from "node:fs/promises";
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { lstat, readFile, stat, unlink } from "node:fs/promises";
+import {
+  STATUS_CODES,
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from "node:http";
+import { isIPv4, isIPv6, type AddressInfo, type Socket } from "node:net";
 import { ShieldError } from "../core/errors.js";
 import { KEY_NAME_PATTERN, KEY_VERSION_PATTERN } from "../core/messages/fields.js";
 import { silentLogger, type Logger } from "../core/ports/logger.js";
 import type { AgentStatus } from "./agent.js";
-import { isLoopback, type ListenAddress } from "./config.js";
+import { Secret, isLoopback, type ListenAddress } from "./config.js";
 import type { HeldKeyVersion, HeldKeysView } from "./held-keys.js";
 import { keyContentType, keyFileBytes, keyJson } from "./key-format.js";
 
@@ -50,7 +70,41 @@ export interface KeyApiOptions {
   readonly allowNonLoopback?: boolean;
   readonly agent: KeySource;
   readonly logger?: Logger;
+  /**
+   * When given, every route but `/healthz` needs `Authorization: Bearer <token>`; at least
+   * {@link MIN_BEARER_TOKEN_LENGTH} characters (see {@link readKeyApiToken}).
+   */
+  readonly bearerToken?: Secret;
 }
+
+/** The `code` of every error body the key API sends. */
+export type KeyApiErrorCode =
+  | "misdirected"
+  | "bad-request"
+  | "unauthorized"
+  | "method-not-allowed"
+  | "not-found"
+  | "unknown-key"
+  | "bad-version"
+  | "revoked"
+  | "failed"
+  | "unknown-version"
+  | "not-ready"
+  | "headers-too-large"
+  | "timeout"
+  | "internal";
+
+/** Shortest bearer token accepted: 32 characters of base64 carry 192 bits. */
+export const MIN_BEARER_TOKEN_LENGTH = 32;
+
+/** A token file is one line; anything larger is not one. */
+const MAX_TOKEN_FILE_BYTES = 4096;
+
+/** RFC 6750's b64token: what fits in an `Authorization` header as it is. */
+const BEARER_TOKEN_PATTERN = /^[A-Za-z0-9\-._~+/]+=*$/;
+
+/** The names a browser only ever resolves to this machine (never a rebindable DNS name). */
+const LOOPBACK_HOST_NAMES: readonly string[] = ["127.0.0.1", "localhost", "[::1]"];
 
 export interface KeyApi {
   /** `http://host:port` for TCP (the port the OS chose when 0 was asked for), else `unix:/path`. */
@@ -65,11 +119,15 @@ export async function startKeyApi(options: KeyApiOptions): Promise<KeyApi> {
   const { listen, agent } = options;
   const log = options.logger ?? silentLogger;
   checkListen(listen, options.allowNonLoopback === true);
+  const tokenDigest = options.bearerToken === undefined ? undefined : bearerTokenDigest(options.bearerToken);
+  // Set once listening (before any connection is accepted); undefined for a Unix socket.
+  let tcpPort: number | undefined;
 
-  const server = createServer((request, response) => {
+  // Without a Host header Node would answer 400 itself; the Host check answers 421 instead.
+  const server = createServer({ requireHostHeader: false }, (request, response) => {
     let status = 500;
     try {
-      status = handle(agent, request, response);
+      status = handle({ agent, tcpPort, tokenDigest }, request, response);
     } catch (error) {
       status = 500;
       if (!response.headersSent) sendJson(response, 500, errorBody("internal", "internal error"));
@@ -80,6 +138,11 @@ export async function startKeyApi(options: KeyApiOptions): Promise<KeyApi> {
     const probe = path === "/healthz" || path === "/readyz";
     log(probe ? "debug" : "info", "key api request", { method: request.method ?? "", path, status });
   });
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
+    const status = clientErrorStatus(error.code);
+    log("info", "key api unparsable request", { status });
+    sendClientError(socket, status);
+  });
   server.headersTimeout = 10_000;
   server.requestTimeout = 10_000;
   server.keepAliveTimeout = 5_000;
@@ -89,6 +152,7 @@ export async function startKeyApi(options: KeyApiOptions): Promise<KeyApi> {
     server.once("error", reject);
     const done = (): void => {
       server.off("error", reject);
+      if (listen.kind === "tcp") tcpPort = (server.address() as AddressInfo).port;
       resolve();
     };
     if (listen.kind === "unix") server.listen(listen.path, done);
@@ -116,21 +180,137 @@ export function checkListen(listen: ListenAddress, allowNonLoopback: boolean): v
   }
 }
 
-function handle(agent: KeySource, request: IncomingMessage, response: ServerResponse): number {
+/**
+ * Reads the key API's bearer token from `path` (SHIELD_KEY_API_TOKEN_FILE): one token, with
+ * surrounding whitespace (the newline `echo` or a Kubernetes secret may add) ignored. Refused
+ * with ERR_CONFIG when the file cannot be read, is not a regular file of at most 4 KiB, or does
+ * not hold one RFC 6750 token of at least {@link MIN_BEARER_TOKEN_LENGTH} characters (e.g.
+ * `openssl rand -base64 48`). No message shows the file's content.
+ */
+export async function readKeyApiToken(path: string): Promise<Secret> {
+  const refuse = (why: string): ShieldError =>
+    new ShieldError("ERR_CONFIG", `SHIELD_KEY_API_TOKEN_FILE ${path} ${why}`);
+  let bytes: Buffer;
+  try {
+    const info = await stat(path);
+    if (!info.isFile()) throw refuse("is not a file");
+    if (info.size > MAX_TOKEN_FILE_BYTES) throw refuse(`is larger than ${MAX_TOKEN_FILE_BYTES} bytes`);
+    bytes = await readFile(path);
+  } catch (error) {
+    if (error instanceof ShieldError) throw error;
+    throw refuse(`cannot be read (${(error as NodeJS.ErrnoException).code ?? "error"})`);
+  }
+  const token = bytes.toString("utf8").trim();
+  bytes.fill(0);
+  const problem = bearerTokenProblem(token);
+  if (problem !== undefined) throw refuse(problem);
+  return new Secret(token);
+}
+
+function bearerTokenProblem(token: string): string | undefined {
+  if (token.length < MIN_BEARER_TOKEN_LENGTH) {
+    return `must hold a token of at least ${MIN_BEARER_TOKEN_LENGTH} characters`;
+  }
+  if (!BEARER_TOKEN_PATTERN.test(token)) {
+    return "must hold one token of A-Z a-z 0-9 - . _ ~ + / (then = padding) and nothing else";
+  }
+  return undefined;
+}
+
+/** Only the token's SHA-256 is kept: comparing two digests of equal length takes the same time. */
+function bearerTokenDigest(token: Secret): Buffer {
+  if (!(token instanceof Secret)) throw new TypeError("bearerToken must be a Secret");
+  const problem = bearerTokenProblem(token.reveal());
+  if (problem !== undefined) throw new TypeError(`bearerToken ${problem}`);
+  return createHash("sha256").update(token.reveal(), "utf8").digest();
+}
+
+interface RequestContext {
+  readonly agent: KeySource;
+  /** The bound TCP port; undefined on a Unix socket. */
+  readonly tcpPort: number | undefined;
+  /** SHA-256 of the bearer token, when one is required. */
+  readonly tokenDigest: Buffer | undefined;
+}
+
+function handle(context: RequestContext, request: IncomingMessage, response: ServerResponse): number {
+  const { agent, tcpPort, tokenDigest } = context;
   // Bodies are never read: nothing here takes input beyond the path and the query.
   request.resume();
+  if (tcpPort !== undefined && !hostAllowed(request, tcpPort)) {
+    return sendJson(response, 421, errorBody("misdirected", "the Host header does not name this key API"));
+  }
+  const target = request.url ?? "";
+  if (!target.startsWith("/")) {
+    return sendJson(response, 400, errorBody("bad-request", "the request target must be a path"));
+  }
+  const url = new URL(target, "http://key-api");
+  const path = url.pathname;
+  if (tokenDigest !== undefined && path !== "/healthz") {
+    const presented = bearerToken(request);
+    if (presented === undefined || !tokenMatches(presented, tokenDigest)) {
+      // RFC 6750 §3: no error attribute when no credentials came at all.
+      response.setHeader(
+        "WWW-Authenticate",
+        presented === undefined
+          ? 'Bearer realm="shield-key-api"'
+          : 'Bearer realm="shield-key-api", error="invalid_token"',
+      );
+      return sendJson(
+        response,
+        401,
+        errorBody("unauthorized", "this route needs the key API's bearer token"),
+      );
+    }
+  }
   if (request.method !== "GET") {
     response.setHeader("Allow", "GET");
     return sendJson(response, 405, errorBody("method-not-allowed", "only GET is served"));
   }
-  const url = new URL(request.url ?? "/", "http://key-api");
-  const path = url.pathname;
   if (path === "/healthz") return sendJson(response, 200, { status: "ok" });
   if (path === "/readyz") return readiness(agent, response);
   if (path === "/status") return sendJson(response, 200, agent.status());
   const match = /^\/keys\/([^/]+)$/.exec(path);
   if (match !== null) return serveKey(agent, match[1]!, url.searchParams, request, response);
   return sendJson(response, 404, errorBody("not-found", "no such route"));
+}
+
+/**
+ * True when `Host` is one of {@link LOOPBACK_HOST_NAMES}, or the IP address the connection
+ * arrived on written as a literal (so a listener allowed beyond loopback answers its own
+ * address), followed by exactly the bound port. A Host without a port means port 80 (HTTP's
+ * default), so it passes only when that is the port bound. Exactly one Host header must come.
+ */
+function hostAllowed(request: IncomingMessage, port: number): boolean {
+  const values = request.headersDistinct["host"];
+  if (values === undefined || values.length !== 1) return false;
+  const match = /^(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::([0-9]{1,5}))?$/.exec(values[0]!.toLowerCase());
+  if (match === null) return false;
+  const name = match[1]!;
+  const givenPort = match[2];
+  if (givenPort === undefined ? port !== 80 : givenPort !== String(port)) return false;
+  return LOOPBACK_HOST_NAMES.includes(name) || name === arrivalAddress(request.socket);
+}
+
+/** The local address of the connection as a URL host: IPv6 in brackets, IPv4-mapped unwrapped. */
+function arrivalAddress(socket: Socket): string | undefined {
+  const address = socket.localAddress?.toLowerCase();
+  if (address === undefined) return undefined;
+  const mapped = address.startsWith("::ffff:") ? address.slice("::ffff:".length) : undefined;
+  if (mapped !== undefined && isIPv4(mapped)) return mapped;
+  return isIPv6(address) ? `[${address}]` : address;
+}
+
+/** The token of a single `Authorization: Bearer <token>` header, else undefined. */
+function bearerToken(request: IncomingMessage): string | undefined {
+  const values = request.headersDistinct["authorization"];
+  if (values === undefined || values.length !== 1) return undefined;
+  const match = /^Bearer +(\S+) *$/i.exec(values[0]!);
+  return match?.[1];
+}
+
+function tokenMatches(presented: string, expectedDigest: Buffer): boolean {
+  return timingSafeEqual(createHash("sha256").update(presented, "utf8").digest(), expectedDigest);
 }
 
 function readiness(agent: KeySource, response: ServerResponse): number {
@@ -211,8 +391,49 @@ function sendJson(response: ServerResponse, status: number, body: unknown): numb
   return status;
 }
 
-function errorBody(code: string, message: string): { error: { code: string; message: string } } {
+function errorBody(
+  code: KeyApiErrorCode,
+  message: string,
+): { error: { code: KeyApiErrorCode; message: string } } {
   return { error: { code, message } };
+}
+
+function clientErrorStatus(code: string | undefined): 400 | 408 | 431 {
+  if (code === "HPE_HEADER_OVERFLOW") return 431;
+  if (code === "ERR_HTTP_REQUEST_TIMEOUT") return 408;
+  return 400;
+}
+
+/**
+ * Node's own answer to a request it cannot parse has no body; this one has the same JSON error
+ * body as every other. Only on a connection that has sent nothing yet: once a response went out
+ * on it, another could be half written, and the connection is just closed.
+ */
+function sendClientError(socket: Socket, status: 400 | 408 | 431): void {
+  if (!socket.writable || socket.bytesWritten > 0) {
+    socket.destroy();
+    return;
+  }
+  const code: KeyApiErrorCode =
+    status === 431 ? "headers-too-large" : status === 408 ? "timeout" : "bad-request";
+  const message =
+    status === 431
+      ? "the request headers are too large"
+      : status === 408
+        ? "the request took too long"
+        : "the request is not valid HTTP";
+  const text = JSON.stringify(errorBody(code, message));
+  socket.end(
+    [
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ""}`,
+      "Content-Type: application/json; charset=utf-8",
+      `Content-Length: ${Buffer.byteLength(text)}`,
+      "Cache-Control: no-store",
+      "Connection: close",
+      "",
+      text,
+    ].join("\r\n"),
+  );
 }
 
 /** The path without its query, for logs. */

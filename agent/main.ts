@@ -11,7 +11,8 @@
 import { realpathSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import { isShieldError } from "../core/errors.js";
+import { controlKeySet, type ControlKeySet } from "../core/control/signed.js";
+import { ShieldError, isShieldError } from "../core/errors.js";
 import type { SignerTrust } from "../core/keywrap/index.js";
 import type { Clock, Random } from "../core/ports/clock.js";
 import type { Logger, LogLevel } from "../core/ports/logger.js";
@@ -24,6 +25,7 @@ import {
   variablesHelp,
   type AgentConfig,
   type Environment,
+  type Secret,
 } from "./config.js";
 import type { EvidenceProvider } from "./evidence/provider.js";
 import { selectProvider, type SelectOptions } from "./evidence/select.js";
@@ -32,7 +34,7 @@ import {
   restoreSimulatedSnpPlatform,
   type SimulatedSnpPlatformState,
 } from "../core/evidence/simulated/sevsnp.js";
-import { startKeyApi, type KeyApi } from "./key-api.js";
+import { readKeyApiToken, startKeyApi, type KeyApi } from "./key-api.js";
 import { openKeyFiles, removeStaleKeyFiles, type KeyFiles } from "./key-files.js";
 import { releaseSignerTrust } from "./release-signers.js";
 import { createRuntimeKey } from "./runtime-key.js";
@@ -178,10 +180,22 @@ async function simulatedFromConfig(config: AgentConfig): Promise<SimulatedProvid
   return { platform: restoreSimulatedSnpPlatform(state), ...reportFields };
 }
 
+/** The pinned control-plane keys from SHIELD_CONTROL_KEYS_FILE (a JWK set). */
+async function readControlKeys(file: string | undefined): Promise<ControlKeySet> {
+  if (file === undefined) throw new ShieldError("ERR_CONFIG", "SHIELD_CONTROL_KEYS_FILE is not set");
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(file, "utf8"));
+  } catch (cause) {
+    throw new ShieldError("ERR_CONFIG", `SHIELD_CONTROL_KEYS_FILE ${file} cannot be read as JSON`, { cause });
+  }
+  return controlKeySet(json);
+}
+
 /**
  * Runs the agent until SIGTERM or SIGINT (or `runtime.shutdown`): runtime key, bus, agent, key
  * API; then wipes every key, closes the key API and the bus, and returns 0. A start-up problem
- * (signer trust, key directory, bus, key API address) is reported on stderr and returns 2.
+ * (signer trust, key API token, key directory, bus, key API address) is reported on stderr and returns 2.
  */
 export async function runAgent(context: StartContext, runtime: RuntimeOptions = {}): Promise<number> {
   const { config, provider, logger, io } = context;
@@ -197,9 +211,13 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
   };
 
   let releaseSigners: SignerTrust;
+  let controlKeys: ControlKeySet;
   let keyFiles: KeyFiles | undefined;
+  let keyApiToken: Secret | undefined;
   try {
     releaseSigners = runtime.releaseSigners ?? (await releaseSignerTrust(config.releaseSigner));
+    controlKeys = await readControlKeys(config.controlKeysFile);
+    if (config.keyApiTokenFile !== undefined) keyApiToken = await readKeyApiToken(config.keyApiTokenFile);
     if (config.keyDir !== undefined) {
       keyFiles = await openKeyFiles({ dir: config.keyDir, names: config.keys, logger });
     }
@@ -223,6 +241,8 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
     requests: bus.requests,
     inbox: bus.inbox,
     releaseSigners,
+    controlKeys,
+    keyVaultUrl: config.keyVaultUrl ?? "",
     ...(keyFiles === undefined ? {} : { keyFiles }),
     timing: {
       resultTimeoutMs: config.timeouts.resultSeconds * 1000,
@@ -240,6 +260,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
       allowNonLoopback: config.allowNonLoopback,
       agent,
       logger,
+      ...(keyApiToken === undefined ? {} : { bearerToken: keyApiToken }),
     });
   } catch (error) {
     await bus.close();

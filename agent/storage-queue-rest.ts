@@ -21,7 +21,6 @@ import { request as httpsRequest } from "node:https";
 import { setTimeout as sleep } from "node:timers/promises";
 import { isLoopbackUrlHost } from "../adapters/loopback.js";
 import { ShieldError, type ShieldErrorCode } from "../core/errors.js";
-import type { AttestationRequest } from "../core/messages/index.js";
 import {
   REQUESTS_QUEUE,
   bodyFromText,
@@ -31,6 +30,7 @@ import {
   requestMessageId,
   serializeBody,
   type AgentInbox,
+  type AgentRequest,
   type ReceivedMessage,
   type RequestChannel,
 } from "../core/ports/bus.js";
@@ -527,7 +527,7 @@ export function createStorageQueueAgentBus(options: StorageQueueAgentBusOptions)
     if (lifetime.signal.aborted) throw new TypeError("the storage queue bus is closed");
   };
 
-  const sendRequest = async (request: AttestationRequest): Promise<void> => {
+  const sendRequest = async (request: AgentRequest): Promise<void> => {
     checkRequest(request);
     checkOpen();
     const body = serializeBody(request, STORAGE_QUEUE_MAX_BODY_BYTES);

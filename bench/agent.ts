@@ -129,8 +129,10 @@ export async function benchAgent(
     });
     const platformFile = join(work, "platform.json");
     const signerFile = join(work, "signer.pem");
+    const controlKeysFile = join(work, "control-keys.json");
     await writeFile(platformFile, JSON.stringify(exportSimulatedSnpPlatform(platform)));
     await writeFile(signerFile, stack.vault.signerCertificates.map((c) => c.toString()).join(""));
+    await writeFile(controlKeysFile, JSON.stringify(stack.controlKeys));
     const port = await freePort();
     const bare = await bareNode(settleMs);
 
@@ -148,6 +150,8 @@ export async function benchAgent(
         SHIELD_BUS: "storage-queue",
         SHIELD_STORAGE_CONNECTION_STRING: azurite.connectionString,
         SHIELD_RELEASE_SIGNER_CA_FILE: signerFile,
+        SHIELD_CONTROL_KEYS_FILE: controlKeysFile,
+        SHIELD_KEYVAULT_URL: stack.vaultUrl,
         SHIELD_LISTEN: `127.0.0.1:${port}`,
         SHIELD_REATTEST_SECONDS: "0",
       },

@@ -4,6 +4,12 @@
  * by side with the bare attestation call to the local MAA server that every attestation must
  * make; and Key Vault calls per attestation, which must be exactly one release per requested
  * key when trusted and zero when denied.
+ *
+ * Every attestation is the whole protocol: a `challenge-request` (answered with a signed
+ * challenge), then the attestation request binding that nonce (answered with a signed result).
+ * The control plane's signing cost is measured in the same run: Key Vault `sign` calls per
+ * attestation (expected 2: the challenge and the result) and the bare `sign` call rate, beside
+ * the agent's cost of verifying one signed message.
  */
 import functionsRuntime from "@azure/functions";
 import { performance } from "node:perf_hooks";
@@ -17,8 +23,17 @@ import { resetComposition } from "../functions/composition/root.js";
 import { createSimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
 import { buildMaaSnpEnvelope } from "../core/evidence/sevsnp/index.js";
 import { renderReleasePolicy } from "../core/policy/index.js";
-import { makeAttestationRequest, type AttestationRequest } from "../core/messages/index.js";
+import {
+  makeAttestationRequest,
+  makeChallengeRequest,
+  type AttestationRequest,
+} from "../core/messages/index.js";
 import { createRuntimeKey } from "../agent/runtime-key.js";
+import { createTableStateStore } from "../adapters/state/table.js";
+import { createKeyVaultControlSigner } from "../adapters/keyvault/control-signer.js";
+import { controlKeySet, signControlMessage, verifyControlMessage } from "../core/control/signed.js";
+import { makeChallenge } from "../core/messages/index.js";
+import type { ControlAlgorithm } from "../core/ports/control-signer.js";
 
 const HOST_DATA = "7c".repeat(32);
 const KEYS = ["bench-a", "bench-b"];
@@ -30,6 +45,12 @@ export interface AttestBenchResult {
   readonly releasesPerTrusted: number;
   readonly releasesPerDenied: number;
   readonly keysPerRequest: number;
+  /** Key Vault `sign` calls per trusted attestation (the challenge and the result). */
+  readonly signaturesPerAttestation: number;
+  /** The bare Key Vault `sign` call (SDK → local server), measured beside the above. */
+  readonly bareSignsPerSecond: number;
+  /** The agent's verification of one signed control message. */
+  readonly verifiesPerSecond: number;
 }
 
 async function timed(count: number, concurrency: number, run: (i: number) => Promise<void>): Promise<number> {
@@ -73,11 +94,38 @@ export async function benchAttest(
     const runtimeKey = await createRuntimeKey();
     const reportData = runtimeKey.runtimeData.reportData.subarray(0, 32);
     const good = platform.signReport({ reportData, hostData: Buffer.from(HOST_DATA, "hex") });
-    const debug = platform.signReport({ reportData, hostData: Buffer.from(HOST_DATA, "hex"), debug: true });
-    const message = (i: number, report: Buffer, tag: string): AttestationRequest =>
+    const state = await createTableStateStore({
+      connectionString: azurite.connectionString,
+      tableName: "benchstate",
+      createTable: true,
+    });
+    /** The protocol as an agent runs it: ask for a challenge, then attest with evidence binding it. */
+    const attestOnce = async (i: number, tag: string, debug = false): Promise<void> => {
+      const agentId = `bench-${tag}-${i}`;
+      await attest(
+        makeChallengeRequest({ agentId, workload: "bench", tee: "sevsnp", sentAt: new Date() }),
+        context(i),
+      );
+      const nonce = (await state.getAgent(agentId))?.challenge?.nonce;
+      if (nonce === undefined) throw new Error("no challenge was issued");
+      const bound = runtimeKey.bindToNonce(nonce);
+      const report = platform.signReport({
+        reportData: bound.reportData.subarray(0, 32),
+        hostData: Buffer.from(HOST_DATA, "hex"),
+        ...(debug ? { debug: true } : {}),
+      });
+      await attest(message(agentId, `${tag}-${i}`, report, bound.base64url, nonce), context(i));
+    };
+    const message = (
+      agentId: string,
+      requestId: string,
+      report: Buffer,
+      runtimeData: string,
+      challenge: string,
+    ): AttestationRequest =>
       makeAttestationRequest({
-        agentId: `bench-${tag}-${i % 16}`,
-        requestId: `${tag}-${i}-${Date.now()}`,
+        agentId,
+        requestId,
         workload: "bench",
         tee: "sevsnp",
         evidence: {
@@ -86,7 +134,8 @@ export async function benchAttest(
           report: report.toString("base64url"),
           vcekChain: platform.leafPem + platform.chainPem,
         },
-        runtimeData: runtimeKey.runtimeData.base64url,
+        runtimeData,
+        challenge,
         keys: KEYS,
         sentAt: new Date(),
       });
@@ -99,7 +148,7 @@ export async function benchAttest(
       });
 
     // Warm up (JIT, connections, caches of signing keys and chains).
-    for (let i = 0; i < 5; i++) await attest(message(i, good, "warm"), context(i));
+    for (let i = 0; i < 5; i++) await attestOnce(i, "warm");
 
     const maa = createMaaClient({ instanceUrl: stack.maa.url });
     const envelope = buildMaaSnpEnvelope({ report: good, vcek: platform.leafPem, chain: platform.chainPem });
@@ -109,20 +158,49 @@ export async function benchAttest(
         .then(() => undefined);
     for (let i = 0; i < 5; i++) await bareMaa();
 
+    // The control-plane key through the same SDK path the functions use, and the agent's check.
+    const signer = createKeyVaultControlSigner({
+      keyId: stack.settings["SHIELD_CONTROL_KEY_ID"]!,
+      algorithm: stack.settings["SHIELD_CONTROL_KEY_ALGORITHM"] as ControlAlgorithm,
+      credential: localKeyVaultCredential(stack.keyVault.accessToken),
+    });
+    const digest = Buffer.alloc(32, 7);
+    const bareSign = () => signer.sign(digest).then(() => undefined);
+    for (let i = 0; i < 5; i++) await bareSign();
+    const controlKeys = controlKeySet(stack.controlKeys);
+    const sample = await signControlMessage(
+      makeChallenge({
+        agentId: "bench-verify",
+        nonce: "n".repeat(43),
+        deadline: new Date(Date.now() + 300_000),
+        sentAt: new Date(),
+      }),
+      { signer, messageId: "bench-message", issuedAt: new Date(), expiresAt: new Date(Date.now() + 300_000) },
+    );
+    const verifyOnce = () =>
+      verifyControlMessage(sample.jws, { keys: controlKeys, agentId: "bench-verify", at: new Date() }).then(
+        () => undefined,
+      );
+
     const before = stack.vault.stats().calls;
+    const signaturesBefore = stack.vault.stats().signatures;
     // Alternate the two workloads in rounds so machine noise hits both alike.
     const rounds = 3;
     const full: number[] = [];
     const bare: number[] = [];
+    const signs: number[] = [];
+    const verifies: number[] = [];
     for (let r = 0; r < rounds; r++) {
-      full.push(
-        await timed(count, concurrency, (i) => attest(message(r * count + i, good, "ok"), context(i))),
-      );
+      full.push(await timed(count, concurrency, (i) => attestOnce(r * count + i, "ok")));
       bare.push(await timed(count, concurrency, () => bareMaa()));
+      signs.push(await timed(count, concurrency, () => bareSign()));
+      verifies.push(await timed(count * 10, 1, () => verifyOnce()));
     }
     const releasesPerTrusted = (stack.vault.stats().calls - before) / (rounds * count);
+    const signaturesPerAttestation =
+      (stack.vault.stats().signatures - signaturesBefore - rounds * count) / (rounds * count);
     const beforeDenied = stack.vault.stats().calls;
-    for (let i = 0; i < 10; i++) await attest(message(i, debug, "denied"), context(i));
+    for (let i = 0; i < 10; i++) await attestOnce(i, "denied", true);
     const releasesPerDenied = (stack.vault.stats().calls - beforeDenied) / 10;
     const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)]!;
     return {
@@ -132,6 +210,9 @@ export async function benchAttest(
       releasesPerTrusted,
       releasesPerDenied,
       keysPerRequest: KEYS.length,
+      signaturesPerAttestation,
+      bareSignsPerSecond: median(signs),
+      verifiesPerSecond: median(verifies),
     };
   } finally {
     await resetComposition();
@@ -147,5 +228,10 @@ export function formatAttestBench(r: AttestBenchResult): string {
     `  bare MAA attest call alone (HTTP to the local attestation server)                  ${r.bareMaaCallsPerSecond.toFixed(1).padStart(7)} /s`,
     `  ratio ${((r.attestationsPerSecond / r.bareMaaCallsPerSecond) * 100).toFixed(1)}% of the bare attestation rate`,
     `  Key Vault release calls per trusted attestation: ${r.releasesPerTrusted.toFixed(2)} (expected ${r.keysPerRequest}); per denied: ${r.releasesPerDenied.toFixed(2)} (expected 0)`,
+    `control plane signing (same run)`,
+    `  Key Vault sign calls per attestation (challenge + result): ${r.signaturesPerAttestation.toFixed(2)} (expected 2)`,
+    `  bare Key Vault sign call (SDK → local server)                                      ${r.bareSignsPerSecond.toFixed(1).padStart(7)} /s`,
+    `  agent: verify one signed control message (RS256, pinned key)                        ${r.verifiesPerSecond.toFixed(1).padStart(7)} /s`,
+    `  signing share of one attestation: ${(((2 * r.attestationsPerSecond) / r.bareSignsPerSecond) * 100).toFixed(1)}% of its time (2 signs at the bare rate)`,
   ].join("\n");
 }

@@ -97,6 +97,10 @@ async function main(): Promise<void> {
     console.log("Key Vault calls per attestation are not exactly one release per key (and none on denial).");
     process.exitCode = 1;
   }
+  if (attestBench.signaturesPerAttestation !== 2) {
+    console.log("Control-plane signatures per attestation are not exactly two (challenge and result).");
+    process.exitCode = 1;
+  }
   reportMisses(results);
 }
 

@@ -46,12 +46,30 @@ const CODES = {
   ERR_POLICY_VERSION: { transient: false },
   ERR_POLICY_DENIED: { transient: false },
   ERR_POLICY_UNSAFE_CHANGE: { transient: false },
+  ERR_POLICY_UNSAFE: { transient: false },
   ERR_AGENT_REVOKED: { transient: false },
+  // freshness: every attestation answers a challenge the control plane issued to that agent
+  ERR_CHALLENGE_UNKNOWN: { transient: false },
+  ERR_CHALLENGE_EXPIRED: { transient: false },
+  ERR_CHALLENGE_USED: { transient: false },
+  ERR_CHALLENGE_MISMATCH: { transient: false },
+  ERR_REQUEST_REPLAYED: { transient: false },
+  // signed control messages (functions → agents)
+  ERR_CONTROL_MALFORMED: { transient: false },
+  ERR_CONTROL_ALG: { transient: false },
+  ERR_CONTROL_KID: { transient: false },
+  ERR_CONTROL_SIGNATURE: { transient: false },
+  ERR_CONTROL_AUDIENCE: { transient: false },
+  ERR_CONTROL_EXPIRED: { transient: false },
+  ERR_CONTROL_REPLAYED: { transient: false },
+  /** A result that is not bound to the request it claims to answer (requestDigest). */
+  ERR_CONTROL_UNBOUND: { transient: false },
   // key wrapping and release responses
   ERR_WRAP_ALGORITHM: { transient: false },
   ERR_WRAP_INTEGRITY: { transient: false },
   ERR_RELEASE_RESPONSE_MALFORMED: { transient: false },
   ERR_RELEASE_RESPONSE_SIGNATURE: { transient: false },
+  ERR_RELEASE_RESPONSE_NONCE: { transient: false },
   // I/O at the edges
   ERR_IO: { transient: false },
   ERR_NETWORK: { transient: true },

@@ -13,7 +13,9 @@
  * Two calls are more than one request: `listVersions` lists the versions, then reads each (the
  * list operation returns neither key type nor release policy); `rotate` re-reads the new
  * version when the rotate response omits its release policy (Key Vault's documented example
- * response does), so the result says what the version really carries.
+ * response does), so the result says what the version really carries. `rotate` and
+ * `updateReleasePolicy` also read the current version first: `guardReleasePolicyWrites` checks
+ * every policy written (DESIGN §6 rule 6) before anything is sent.
  */
 import type { KeyClient } from "@azure/keyvault-keys";
 import { ShieldError } from "../../core/errors.js";
@@ -23,7 +25,7 @@ import type {
   KeyVersionInfo,
   ReleaseKeyOptions,
 } from "../../core/ports/key-store.js";
-import type { ReleasePolicy } from "../../core/policy/index.js";
+import { guardReleasePolicyWrites, type ReleasePolicy } from "../../core/policy/index.js";
 import {
   checkVaultUrl,
   createKeyRequest,
@@ -99,7 +101,8 @@ export function createKeyVaultKeyStore(options: KeyVaultKeyStoreOptions): KeySto
     }
   };
 
-  return {
+  // Every release-policy write is checked before it reaches Key Vault (DESIGN §6 rule 6).
+  return guardReleasePolicyWrites({
     async createKey(name: string, create: CreateKeyOptions): Promise<KeyVersionInfo> {
       checkName(name);
       const request = createKeyRequest(create, timeoutMs);
@@ -186,5 +189,5 @@ export function createKeyVaultKeyStore(options: KeyVaultKeyStoreOptions): KeySto
       );
       return keyVersionInfoFromKeyVaultKey(updated);
     },
-  };
+  });
 }

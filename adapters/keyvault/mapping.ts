@@ -42,7 +42,7 @@ export type KeyVaultClientSettings = Omit<
   "allowInsecureConnection" | "disableChallengeResourceVerification"
 >;
 
-export type KeyVaultOperation = "create" | "get" | "list" | "release" | "rotate" | "update";
+export type KeyVaultOperation = "create" | "get" | "list" | "release" | "rotate" | "sign" | "update";
 
 /**
  * Pinned API version: the service's behaviour for release, rotation and policies is what the

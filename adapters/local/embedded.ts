@@ -106,6 +106,7 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
     stops.push(() => stack.close());
     print(`  attestation (MAA-compatible): ${stack.maa.url}`);
     print(`  key vault (Key Vault-compatible): ${stack.keyVault.url}`);
+    print(`  control-plane key (signs every message to agents): ${stack.settings["SHIELD_CONTROL_KEY_ID"]}`);
 
     const keyStore = createKeyVaultKeyStore({
       vaultUrl: stack.keyVault.url,
@@ -139,6 +140,8 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
     stops.push(() => rm(work, { recursive: true, force: true }));
     const platformFile = join(work, "simulated-platform.json");
     const signerFile = join(work, "release-signer.pem");
+    const controlKeysFile = join(work, "control-keys.json");
+    await writeFile(controlKeysFile, JSON.stringify(stack.controlKeys));
     await writeFile(platformFile, JSON.stringify(exportSimulatedSnpPlatform(platform)), { mode: 0o600 });
     await writeFile(signerFile, stack.vault.signerCertificates.map((cert) => cert.toString()).join(""));
     const agentEnv: Record<string, string> = {
@@ -151,6 +154,8 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
       SHIELD_BUS: "storage-queue",
       SHIELD_STORAGE_CONNECTION_STRING: azurite.connectionString,
       SHIELD_RELEASE_SIGNER_CA_FILE: signerFile,
+      SHIELD_CONTROL_KEYS_FILE: controlKeysFile,
+      SHIELD_KEYVAULT_URL: stack.vaultUrl,
       SHIELD_LISTEN: options.listen ?? "127.0.0.1:8280",
       SHIELD_REATTEST_SECONDS: "600",
     };

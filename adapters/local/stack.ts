@@ -5,6 +5,10 @@
  * both and at Azurite. Used by `npm start` and by the integration tests, so both exercise the
  * same wiring the app uses in Azure — the real MAA client, the real Key Vault SDK, real Table
  * Storage and Storage Queue clients — with only the far ends replaced.
+ *
+ * The stack also makes the control-plane key: a non-exportable RSA-HSM key in the local vault
+ * that the functions sign agent messages with (through the real SDK's `CryptographyClient`), and
+ * whose public half agents pin (`controlKeys`).
  */
 import { randomBytes } from "node:crypto";
 import type { SimulatedSnpPlatform } from "../../core/evidence/simulated/sevsnp.js";
@@ -15,6 +19,9 @@ import { createLocalAttestationEngine, type LocalAttestationEngine } from "./maa
 import { startLocalMaaServer, type LocalMaaServer } from "./maa/server.js";
 import { cachedIssuerKeys, createLocalKeyVault, type LocalKeyVault } from "./keyvault/engine.js";
 import { startLocalKeyVaultServer, type LocalKeyVaultServer } from "./keyvault/server.js";
+
+/** The control-plane signing key's name in the local vault. */
+export const CONTROL_KEY_NAME = "shield-control";
 
 export interface LocalStackOptions {
   /** Azurite (or any Storage account) for Table state and Storage Queues. */
@@ -45,6 +52,10 @@ export interface LocalStack {
   readonly vault: LocalKeyVault;
   /** The Functions app settings for this stack (what `local.settings.json` would hold). */
   readonly settings: Readonly<Record<string, string>>;
+  /** The control-plane public key as agents pin it: a JWK set (`SHIELD_CONTROL_KEYS_FILE`). */
+  readonly controlKeys: { readonly keys: readonly Readonly<Record<string, string>>[] };
+  /** The vault origin released keys name (`SHIELD_KEYVAULT_URL` of agents). */
+  readonly vaultUrl: string;
   close(): Promise<void>;
 }
 
@@ -81,6 +92,25 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     ...(options.exposeKeyMaterialForTests ? { exposeKeyMaterialForTests: true } : {}),
   });
   const keyVault = await startLocalKeyVaultServer({ engine: vault, logger });
+  const control = await vault.createKey(CONTROL_KEY_NAME, {
+    kty: "RSA-HSM",
+    keySize: 2048,
+    keyOps: ["sign", "verify"],
+    exportable: false,
+  });
+  // The id the functions sign under: the server's address, so the SDK can reach it.
+  const controlKeyId = `${keyVault.url}/keys/${CONTROL_KEY_NAME}/${control.version}`;
+  const controlKeys = {
+    keys: [
+      {
+        kty: "RSA",
+        n: control.publicKey["n"] ?? "",
+        e: control.publicKey["e"] ?? "",
+        alg: "RS256",
+        kid: controlKeyId,
+      },
+    ],
+  };
   const settings: Record<string, string> = {
     SHIELD_MAA_ENDPOINT: maa.url,
     SHIELD_KEYVAULT_URL: keyVault.url,
@@ -93,12 +123,16 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     SHIELD_APPRAISAL_POLICY: options.appraisalPolicy,
     SHIELD_ATTESTATION_PERIOD_SECONDS: String(options.attestationPeriodSeconds ?? 3600),
     SHIELD_MAX_DELIVERY_COUNT: String(options.maxDeliveryCount ?? 10),
+    SHIELD_CONTROL_KEY_ID: controlKeyId,
+    SHIELD_CONTROL_KEY_ALGORITHM: "RS256",
   };
   return {
     maa,
     keyVault,
     vault,
     settings,
+    controlKeys,
+    vaultUrl,
     async close() {
       await keyVault.close();
       await maa.close();

@@ -17,7 +17,6 @@
  * renews the lock itself: it waits in slices no longer than 20 s and renews before any slice
  * that could outlive the lock. A lost session is accepted again on the next receive.
  */
-import type { AttestationRequest } from "../../core/messages/index.js";
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../../core/messages/index.js";
 import { silentLogger, type Logger } from "../../core/ports/logger.js";
 import {
@@ -34,7 +33,8 @@ import {
   textFromBytes,
   type AgentChannel,
   type AgentInbox,
-  type AgentMessage,
+  type AgentRequest,
+  type SignedAgentMessage,
   type ReceivedMessage,
   type RequestChannel,
 } from "../../core/ports/bus.js";
@@ -84,6 +84,8 @@ export interface Closable {
 }
 
 const CONTENT_TYPE = "application/json";
+/** A signed control message: the compact JWS text (RFC 7515 §9.2.1 media type). */
+const SIGNED_CONTENT_TYPE = "application/jose";
 /** Longest single wait for messages; the session lock is renewed between waits. */
 const RECEIVE_SLICE_MS = 20_000;
 /** Renew when the session lock would end less than this after the next wait. */
@@ -156,16 +158,16 @@ export function createServiceBusAgentChannel(
   const log = options.logger ?? silentLogger;
   const sender = new LazySender(new LazyServiceBusClient(options), queue);
   return {
-    async sendToAgent(agentId: string, message: AgentMessage): Promise<void> {
+    async sendToAgent(agentId: string, message: SignedAgentMessage): Promise<void> {
       checkAgentMessage(agentId, message);
-      const body = serializeBody(message, limit);
-      const messageId = agentMessageId(agentId, message);
+      const body = serializeBody(message.jws, limit);
+      const messageId = agentMessageId(message);
       await sender.send({
         body,
-        contentType: CONTENT_TYPE,
+        contentType: SIGNED_CONTENT_TYPE,
         messageId,
         sessionId: agentId,
-        applicationProperties: { type: message.type, version: message.version },
+        applicationProperties: { type: message.type, version: 1 },
       });
       log("debug", "bus message sent", { queue, messageId, bytes: body.length });
     },
@@ -182,7 +184,7 @@ export function createServiceBusRequestChannel(
   const log = options.logger ?? silentLogger;
   const sender = new LazySender(new LazyServiceBusClient(options), queue);
   return {
-    async sendRequest(request: AttestationRequest): Promise<void> {
+    async sendRequest(request: AgentRequest): Promise<void> {
       checkRequest(request);
       const body = serializeBody(request, limit);
       const messageId = requestMessageId(request);

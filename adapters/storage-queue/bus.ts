@@ -19,7 +19,6 @@ import type {
   QueueServiceClient,
 } from "@azure/storage-queue";
 import { ShieldError } from "../../core/errors.js";
-import type { AttestationRequest } from "../../core/messages/index.js";
 import { systemClock, type Clock } from "../../core/ports/clock.js";
 import { silentLogger, type Logger } from "../../core/ports/logger.js";
 import {
@@ -36,7 +35,8 @@ import {
   requestMessageId,
   serializeBody,
   type AgentInbox,
-  type AgentMessage,
+  type AgentRequest,
+  type SignedAgentMessage,
   type DeadLetter,
   type LocalBus,
   type LockedMessage,
@@ -151,16 +151,16 @@ export class StorageQueueBus implements LocalBus {
     return agentQueueName(agentId, this.agentQueuePrefix);
   }
 
-  async sendRequest(request: AttestationRequest): Promise<void> {
+  async sendRequest(request: AgentRequest): Promise<void> {
     checkRequest(request);
     const body = serializeBody(request, this.maxBodyBytes);
     await this.#send(this.requestsQueue, body, requestMessageId(request));
   }
 
-  async sendToAgent(agentId: string, message: AgentMessage): Promise<void> {
+  async sendToAgent(agentId: string, message: SignedAgentMessage): Promise<void> {
     checkAgentMessage(agentId, message);
-    const body = serializeBody(message, this.maxBodyBytes);
-    await this.#send(this.agentQueue(agentId), body, agentMessageId(agentId, message));
+    const body = serializeBody(message.jws, this.maxBodyBytes);
+    await this.#send(this.agentQueue(agentId), body, agentMessageId(message));
   }
 
   openRequestReceiver(): RequestReceiver {

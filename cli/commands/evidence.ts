@@ -12,7 +12,7 @@ import {
   SNP_REPORT_SIZE,
 } from "../../core/evidence/sevsnp/index.js";
 import { createSgxVerifier, intelRootsTrust } from "../../core/evidence/sgx/index.js";
-import { loadCertificates } from "../../core/x509/certificate.js";
+import { loadCertificates, type CertificateErrorCode } from "../../core/x509/certificate.js";
 import {
   UsageError,
   optionalString,
@@ -50,8 +50,16 @@ function decodeReportFile(bytes: Buffer): {
   return { report: bytes };
 }
 
-async function readCertificates(path: string, what: string): Promise<X509Certificate[]> {
-  const certs = loadCertificates(await readInput(path, what, 256 * 1024));
+/**
+ * The certificates of a file. A certificate that does not parse, or whose key does not decode, is
+ * ERR_EVIDENCE_CHAIN for evidence (`--vcek`, `--chain`) and ERR_INPUT_MALFORMED for `--root`.
+ */
+async function readCertificates(
+  path: string,
+  what: string,
+  code: CertificateErrorCode = "ERR_EVIDENCE_CHAIN",
+): Promise<X509Certificate[]> {
+  const certs = loadCertificates(await readInput(path, what, 256 * 1024), code);
   if (certs.length === 0) throw new ShieldError("ERR_INPUT_MALFORMED", `${what}: no certificate found`);
   return certs;
 }
@@ -65,7 +73,7 @@ async function fetchKdsChain(product: string): Promise<X509Certificate[]> {
     throw new ShieldError("ERR_NETWORK", `GET ${url} failed (give --chain to verify offline)`, { cause });
   }
   if (!response.ok) throw new ShieldError("ERR_NETWORK", `GET ${url}: HTTP ${response.status}`);
-  return loadCertificates(await response.text());
+  return loadCertificates(await response.text(), "ERR_EVIDENCE_CHAIN");
 }
 
 function productOf(vcek: X509Certificate): string {
@@ -94,7 +102,10 @@ async function verifySevSnp(values: OptionValues) {
   if (chainPath !== undefined) chain = await readCertificates(chainPath, "--chain");
   if (chain === undefined || chain.length === 0) chain = await fetchKdsChain(productOf(vcek));
   const rootPath = optionalString(values, "root");
-  const trustedRoots = rootPath === undefined ? amdRootsTrust() : await readCertificates(rootPath, "--root");
+  const trustedRoots =
+    rootPath === undefined
+      ? amdRootsTrust()
+      : await readCertificates(rootPath, "--root", "ERR_INPUT_MALFORMED");
   const reportDataHex = optionalString(values, "report-data");
   const verification = createSnpVerifier({ trustedRoots, chainCacheSize: 0 }).verify({
     report: decoded.report,
@@ -137,7 +148,9 @@ async function verifySgx(values: OptionValues) {
     quote = Buffer.from(quote.toString("latin1").replace(/\s+/g, ""), "hex");
   const rootPath = optionalString(values, "root");
   const trustedRoots =
-    rootPath === undefined ? intelRootsTrust() : await readCertificates(rootPath, "--root");
+    rootPath === undefined
+      ? intelRootsTrust()
+      : await readCertificates(rootPath, "--root", "ERR_INPUT_MALFORMED");
   const reportDataHex = optionalString(values, "report-data");
   const { claims } = createSgxVerifier({ trustedRoots, chainCacheSize: 0 }).verify({
     quote,

@@ -65,7 +65,7 @@ export const policyTest: Command = {
     "                document, otherwise against <authority>/certs of the policy authority that",
     "                names the token's issuer (as Key Vault does)",
     "  --claims F    a JSON object of token claims (no signature to check); the issuer is --issuer",
-    "                or the claims' iss",
+    "                or the claims' iss (without either, no authority matches)",
     "  --at T        evaluate token expiry as of this ISO 8601 time",
     "",
     "Exit code 0 when Key Vault would release, 1 when not.",
@@ -85,7 +85,7 @@ export const policyTest: Command = {
     if ((tokenPath === undefined) === (claimsPath === undefined)) {
       throw new UsageError("give exactly one of --token or --claims");
     }
-    let issuer: string;
+    let issuer: string | undefined;
     let claims: Record<string, unknown>;
     if (tokenPath !== undefined) {
       const at = parseAt(values);
@@ -123,8 +123,9 @@ export const policyTest: Command = {
       }
       claims = parsed as Record<string, unknown>;
       const iss = optionalString(values, "issuer") ?? claims["iss"];
-      if (typeof iss !== "string") throw new UsageError("--claims has no iss: give --issuer");
-      issuer = iss;
+      // Key Vault matches authorities by iss: claims without one (or with a non-string one) are
+      // released to by no authority, which is an answer, not a usage error.
+      issuer = typeof iss === "string" ? iss : undefined;
     }
     const decision = evaluateReleasePolicy(policy, { issuer, claims });
     return {

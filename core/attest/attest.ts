@@ -1,41 +1,58 @@
 /**
- * The attest-and-release use case: one `attestation-request` in, one `attestation-result` out.
+ * The attest-and-release use case: every message on the requests queue comes in here. A
+ * `challenge-request` is answered with a signed challenge (challenge.ts); an
+ * `attestation-request` answering that challenge gets one signed `attestation-result`.
  *
- * The request's evidence goes to the attestation service (MAA) with the exact runtime-data
- * bytes; the token that comes back is validated here (signature by the pinned issuer's key,
- * lifetime, nonce, runtime-data binding), its claims are appraised, and only then is each
- * requested key released by the key store — wrapped by Key Vault to the enclave's runtime key.
- * Every outcome is recorded and answered; nothing on an error path releases a key.
+ * An attestation request goes through these steps, in this order, each a function below over
+ * one explicit context:
  *
- * Delivery is at least once, so the work is claimed per request id: a redelivery of finished
- * work re-sends the stored answer without calling Key Vault again. Transient failures (MAA or
- * Key Vault throttling, 5xx, timeouts) are retried by the port wrappers, then handed back for
- * redelivery; on the last delivery the agent is told and the message is dead-lettered.
+ * 1. **claim** the request id (delivery is at least once): a redelivery of finished work re-sends
+ *    the stored answer without calling Key Vault again; a copy of a request answered longer ago
+ *    than the replay window is refused (ERR_REQUEST_REPLAYED) and nothing is sent;
+ * 2. **freshness**: the agent is not revoked; the request answers the agent's open challenge
+ *    (issued to that agent id, unanswered or answered by this very request, before its deadline),
+ *    and the runtime data — whose hash the hardware signed — carries that nonce;
+ * 3. **attest**: MAA verifies the evidence with the exact runtime-data bytes and the nonce; the
+ *    token is validated here (pinned issuer, signature, lifetime, nonce, runtime-data binding);
+ * 4. **appraise**: Shield's own appraisal policy; the nonce is then marked used (once, ETag);
+ * 5. **release**: Key Vault checks the token against each key's release policy and wraps the key
+ *    to the enclave's runtime key; the challenge nonce goes along as Key Vault's request nonce;
+ * 6. **answer**: the result is built and size-checked, the attestation recorded, the answer
+ *    stored (from here on a redelivery re-sends it), then signed and sent;
+ * 7. **record**: the agent's standing, the key holdings and the audit chain.
+ *
+ * A terminal failure at any step is recorded, stored as the answer and sent as a signed denial;
+ * nothing on an error path releases a key. Transient failures (MAA or Key Vault throttling, 5xx,
+ * timeouts) are retried by the port wrappers, then handed back for redelivery; on the last
+ * delivery the agent is told and the message is dead-lettered.
  */
 import { createHash } from "node:crypto";
 import { ShieldError, isShieldError } from "../errors.js";
 import { appraiseClaims, assertAppraised, type AppraisalPolicy } from "../appraisal/index.js";
+import type { AgentSender } from "../control/signed.js";
 import { buildMaaSnpEnvelope, SNP_REPORT_SIZE } from "../evidence/sevsnp/index.js";
 import { parseReleaseResponse, type ReleaseEncryption } from "../keywrap/index.js";
 import {
   denialFromError,
   makeAttestationResult,
-  parseAttestationRequest,
+  parseMessage,
+  requestDigest,
   type AttestationRequest,
   type AttestationResult,
   type Evidence,
   type Measurement,
   type ReleasedKey,
+  type TrustedResult,
 } from "../messages/index.js";
 import type { AttestationService } from "../ports/attestation.js";
-import type { AgentChannel } from "../ports/bus.js";
-import type { Clock } from "../ports/clock.js";
+import type { Clock, Random } from "../ports/clock.js";
 import type { KeyStore } from "../ports/key-store.js";
 import type { Logger } from "../ports/logger.js";
 import type { AgentRecord, AgentState, AttestationRecord, RequestLease, StateStore } from "../ports/state.js";
 import { changeAgent } from "../state/agents.js";
 import { validateMaaToken, type SigningKeyResolver, type ValidatedMaaToken } from "../token/index.js";
 import { pemToDerList } from "../x509/certificate.js";
+import { createChallengeIssuer, type ChallengeConfig } from "./challenge.js";
 
 export interface AttestPorts {
   /** The attestation service, already wrapped with `retrying()` for transient failures. */
@@ -45,12 +62,14 @@ export interface AttestPorts {
   /** Signing keys of the pinned issuer (cached `/certs`). */
   readonly tokenKeys: SigningKeyResolver;
   readonly state: StateStore;
-  readonly agents: AgentChannel;
+  /** Signs and sends to agents (core/control `createControlChannel`). */
+  readonly agents: AgentSender;
   readonly clock: Clock;
+  readonly random: Random;
   readonly logger: Logger;
 }
 
-export interface AttestConfig {
+export interface AttestConfig extends ChallengeConfig {
   /** The MAA issuer tokens must come from (`iss` pinned). */
   readonly issuer: string;
   readonly appraisal: AppraisalPolicy;
@@ -64,6 +83,11 @@ export interface AttestConfig {
   readonly maxDeliveryCount?: number;
   /** How long one invocation holds a request before a redelivery may take it over (default 300 s). */
   readonly leaseSeconds?: number;
+  /**
+   * How long after its answer a request is still answered again from the record (redelivery, the
+   * agent's resend after a timeout); later copies are replays (default 3600 s).
+   */
+  readonly replayWindowSeconds?: number;
   readonly maxMessageBytes?: number;
 }
 
@@ -88,12 +112,15 @@ export interface AttestOutcome {
   readonly verdict?: AttestationResult["verdict"];
   /** True when the answer was the stored answer of an earlier delivery. */
   readonly replayed?: boolean;
+  /** Set when a challenge was sent in answer to a `challenge-request`. */
+  readonly challenged?: boolean;
   readonly keysReleased: number;
 }
 
 export const DEFAULT_MAX_DELIVERY_COUNT = 10;
 export const DEFAULT_ATTEST_MESSAGE_BYTES = 256 * 1024;
 const DEFAULT_LEASE_SECONDS = 300;
+const DEFAULT_REPLAY_WINDOW_SECONDS = 3600;
 
 /** The audit partition of a key: the tamper-evident record of who received which version. */
 export const keyAuditPartition = (keyName: string): string => `key-${keyName}`;
@@ -102,75 +129,208 @@ export const agentAuditPartition = (agentId: string): string => `agent-${agentId
 /** Messages too malformed to name an agent. */
 export const INTAKE_AUDIT_PARTITION = "intake";
 
-/** What an attempt got through, for the records of a failure. */
-interface Progress {
-  challengeMatched: boolean;
-  tokenHash?: string;
-  measurement?: Measurement;
-  readonly released: { name: string; version: string }[];
-}
-
 /** A release response with its signer chain is 3–5 KiB; 8 KiB leaves room for RSA-4096 keys. */
 const ESTIMATED_RELEASE_RESPONSE_BYTES = 8 * 1024;
 const RESULT_OVERHEAD_BYTES = 2 * 1024;
+
+type LogLevel = "info" | "warn" | "error";
+
+/** One attestation request on its way through the steps; each step fills in what it learns. */
+interface AttestContext {
+  readonly request: AttestationRequest;
+  readonly delivery: AttestDelivery;
+  readonly now: Date;
+  /** The last delivery: a transient failure is final. */
+  readonly final: boolean;
+  readonly runtimeData: Buffer;
+  /** What every answer carries, so the agent can tell it answers this very request. */
+  readonly digest: string;
+  readonly log: (level: LogLevel, message: string, extra?: Record<string, string | number>) => void;
+  lease?: RequestLease;
+  /** Step 3 passed: the evidence binds this agent's open challenge, as MAA verified it. */
+  challengeMatched: boolean;
+  token?: string;
+  validated?: ValidatedMaaToken;
+  measurement?: Measurement;
+  /** Keys Key Vault has released so far (step 5). */
+  readonly released: ReleasedKey[];
+  attestedUntil?: Date;
+}
 
 function withoutEtag(agent: AgentRecord): AgentState {
   const { etag: _etag, ...rest } = agent;
   return rest;
 }
 
-interface Released {
-  readonly keys: ReleasedKey[];
-  readonly validated: ValidatedMaaToken;
-  readonly measurement: Measurement;
-  readonly attestedUntil: Date;
-}
-
 export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
   const maxDeliveryCount = config.maxDeliveryCount ?? DEFAULT_MAX_DELIVERY_COUNT;
   const leaseMs = (config.leaseSeconds ?? DEFAULT_LEASE_SECONDS) * 1000;
+  const replayWindowMs = (config.replayWindowSeconds ?? DEFAULT_REPLAY_WINDOW_SECONDS) * 1000;
   const maxBytes = config.maxMessageBytes ?? DEFAULT_ATTEST_MESSAGE_BYTES;
   const encryption = config.encryption ?? "RSA_AES_KEY_WRAP_256";
   const maxResultBytes = config.maxResultBytes ?? 240_000;
   const { state, agents, clock, logger } = ports;
+  const challenges = createChallengeIssuer(ports, config);
 
-  return async function handleAttestationRequest(
-    body: unknown,
-    delivery: AttestDelivery,
-  ): Promise<AttestOutcome> {
-    let request: AttestationRequest;
+  return async function handleAgentRequest(body: unknown, delivery: AttestDelivery): Promise<AttestOutcome> {
+    let message;
     try {
-      request = parseAttestationRequest(body, { maxBytes });
+      message = parseMessage(body, { maxBytes });
+      if (message.type !== "attestation-request" && message.type !== "challenge-request") {
+        throw new ShieldError(
+          "ERR_MESSAGE_SCHEMA",
+          `a ${message.type} message does not belong on the requests queue`,
+          {
+            violations: [
+              { field: "type", expected: "challenge-request | attestation-request", actual: message.type },
+            ],
+          },
+        );
+      }
     } catch (error) {
       return rejectMalformed(body, delivery, toShieldError(error));
     }
+    if (message.type === "challenge-request") return answerChallengeRequest(message, delivery);
+    const request = message;
     const { agentId, requestId } = request;
-    const log = (
-      level: "info" | "warn" | "error",
-      message: string,
-      extra: Record<string, string | number> = {},
-    ) =>
-      logger(level, message, {
+    const ctx: AttestContext = {
+      request,
+      delivery,
+      now: clock.now(),
+      final: delivery.deliveryCount >= maxDeliveryCount,
+      runtimeData: Buffer.from(request.runtimeData, "base64url"),
+      digest: requestDigest(request),
+      log: (level, text, extra = {}) =>
+        logger(level, text, {
+          agentId,
+          requestId,
+          messageId: delivery.messageId,
+          deliveryCount: delivery.deliveryCount,
+          ...extra,
+        }),
+      challengeMatched: false,
+      released: [],
+    };
+
+    const claimed = await claim(ctx); // 1
+    if (claimed !== undefined) return claimed;
+    let answered = false;
+    try {
+      let result: TrustedResult;
+      try {
+        await checkFreshness(ctx); // 2
+        checkKeyCount(request);
+        await attest(ctx); // 3
+        await appraise(ctx); // 4
+        await release(ctx); // 5
+        result = await storeAnswer(ctx); // 6
+        answered = true;
+      } catch (caught) {
+        const error = toShieldError(caught);
+        if (error.transient && !ctx.final) {
+          ctx.log("warn", "transient failure; left for redelivery", { code: error.code });
+          await recordDiscardedReleases(ctx, error);
+          return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
+        }
+        return await refuse(ctx, error, () => {
+          answered = true;
+        });
+      }
+      await record(ctx, result); // 7
+      await agents.sendToAgent(agentId, result);
+      ctx.log("info", "attestation trusted; keys released", {
+        keys: result.keys.length,
+        tokenSha256: ctx.validated?.tokenHash ?? "-",
+      });
+      return {
+        settlement: { action: "complete" },
         agentId,
         requestId,
-        messageId: delivery.messageId,
-        deliveryCount: delivery.deliveryCount,
-        ...extra,
-      });
+        verdict: "trusted",
+        keysReleased: result.keys.length,
+      };
+    } catch (caught) {
+      // A failure after the answer was stored (records, signing, sending): redelivery re-sends it.
+      const error = toShieldError(caught);
+      ctx.log("warn", "could not finish; left for redelivery", { code: error.code });
+      return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
+    } finally {
+      if (!answered && ctx.lease !== undefined) await state.releaseRequest(ctx.lease).catch(() => undefined);
+    }
+  };
 
-    const now = clock.now();
-    const final = delivery.deliveryCount >= maxDeliveryCount;
-    const claim = await state.claimRequest(
+  /** A `challenge-request`: a signed challenge back (a transient failure is left for redelivery). */
+  async function answerChallengeRequest(
+    message: Extract<ReturnType<typeof parseMessage>, { type: "challenge-request" }>,
+    delivery: AttestDelivery,
+  ): Promise<AttestOutcome> {
+    const { agentId } = message;
+    try {
+      await challenges.handleRequest(message);
+      return { settlement: { action: "complete" }, agentId, challenged: true, keysReleased: 0 };
+    } catch (caught) {
+      const error = toShieldError(caught);
+      logger("warn", "challenge request could not be answered", {
+        agentId,
+        messageId: delivery.messageId,
+        code: error.code,
+      });
+      if (error.transient && delivery.deliveryCount < maxDeliveryCount) {
+        return { settlement: { action: "retry", error }, agentId, keysReleased: 0 };
+      }
+      return {
+        settlement: { action: "dead-letter", reason: error.code, description: error.message },
+        agentId,
+        keysReleased: 0,
+      };
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // 1. claim
+
+  /** Claims the request id; returns the outcome when there is nothing more to do. */
+  async function claim(ctx: AttestContext): Promise<AttestOutcome | undefined> {
+    const { request, now } = ctx;
+    const { agentId, requestId } = request;
+    const claimed = await state.claimRequest(
       { scope: agentId, requestId },
       { at: now, leaseUntil: new Date(now.getTime() + leaseMs) },
     );
-    if (claim.state === "completed") {
+    if (claimed.state === "new") {
+      ctx.lease = claimed.lease;
+      return undefined;
+    }
+    if (claimed.state === "completed") {
+      if (now.getTime() - claimed.completedAt.getTime() > replayWindowMs) {
+        // Long after its answer: not a redelivery but a copy. It gets nothing, not even the old answer.
+        const error = new ShieldError("ERR_REQUEST_REPLAYED", "the request was answered long ago: a replay", {
+          violations: [
+            {
+              field: "requestId",
+              expected: `answered after ${new Date(now.getTime() - replayWindowMs).toISOString()}`,
+              actual: claimed.completedAt.toISOString(),
+            },
+          ],
+        });
+        return refuseCopy(ctx, error, "request-replayed", false);
+      }
+      const stored = claimed.result as AttestationResult;
+      if (stored.requestDigest !== ctx.digest) {
+        // Another request under a request id already used: a doctored copy, or the original
+        // after a copy took the id first. Answered (bound to this request) with a freshness
+        // code, so a genuine agent asks again under a new id; the stored answer stays.
+        const error = new ShieldError(
+          "ERR_REQUEST_REPLAYED",
+          "the request id was already used by another request",
+        );
+        return refuseCopy(ctx, error, "request-id-reused", true);
+      }
       // A redelivery of finished work: the same answer again, and no second release. Records
       // an earlier delivery could not finish are completed from the stored answer.
-      const stored = claim.result as AttestationResult;
-      if (stored.verdict === "trusted") await finishTrustedRecords(request, stored, now);
+      if (stored.verdict === "trusted") await record(ctx, stored);
       await agents.sendToAgent(agentId, stored);
-      log("info", "attestation request already answered; answer re-sent");
+      ctx.log("info", "attestation request already answered; answer re-sent");
       return {
         settlement: { action: "complete" },
         agentId,
@@ -180,181 +340,74 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         verdict: stored.verdict,
       };
     }
-    if (claim.state === "in-progress") {
-      const busy = new ShieldError("ERR_CONFLICT", "the request is being handled by another invocation");
-      if (!final) {
-        log("info", "attestation request is being handled by another invocation");
-        return { settlement: { action: "retry", error: busy }, agentId, requestId, keysReleased: 0 };
-      }
-      // The last delivery must not vanish silently: tell the agent to ask again.
+    const busy = new ShieldError("ERR_CONFLICT", "the request is being handled by another invocation");
+    if (!ctx.final) {
+      ctx.log("info", "attestation request is being handled by another invocation");
+      return { settlement: { action: "retry", error: busy }, agentId, requestId, keysReleased: 0 };
+    }
+    // The last delivery must not vanish silently: tell the agent to ask again.
+    await agents.sendToAgent(
+      agentId,
+      makeAttestationResult({
+        agentId,
+        requestId,
+        requestDigest: ctx.digest,
+        verdict: "error",
+        denial: denialFromError(busy),
+        sentAt: now,
+      }),
+    );
+    return {
+      settlement: { action: "dead-letter", reason: busy.code, description: busy.message },
+      agentId,
+      requestId,
+      verdict: "error",
+      keysReleased: 0,
+    };
+  }
+
+  /** A copy of an answered request: on record, settled, and answered only when `answer` (bound to it). */
+  async function refuseCopy(
+    ctx: AttestContext,
+    error: ShieldError,
+    kind: string,
+    answer: boolean,
+  ): Promise<AttestOutcome> {
+    const { agentId, requestId } = ctx.request;
+    await state.appendAudit(agentAuditPartition(agentId), {
+      at: ctx.now,
+      kind,
+      subject: agentId,
+      requestId,
+      details: { code: error.code, messageId: ctx.delivery.messageId.slice(0, 128) },
+    });
+    if (answer) {
       await agents.sendToAgent(
         agentId,
         makeAttestationResult({
           agentId,
           requestId,
-          verdict: "error",
-          denial: denialFromError(busy),
-          sentAt: now,
+          requestDigest: ctx.digest,
+          verdict: "denied",
+          denial: denialFromError(error),
+          sentAt: ctx.now,
         }),
       );
-      return {
-        settlement: { action: "dead-letter", reason: busy.code, description: busy.message },
-        agentId,
-        requestId,
-        verdict: "error",
-        keysReleased: 0,
-      };
     }
-
-    const lease = claim.lease;
-    let completed = false;
-    const progress: Progress = { challengeMatched: false, released: [] };
-    try {
-      let result: Extract<AttestationResult, { verdict: "trusted" }>;
-      let released: Released;
-      try {
-        released = await attestAndRelease(request, progress, now);
-        result = makeAttestationResult({
-          agentId,
-          requestId,
-          keys: released.keys,
-          attestedUntil: released.attestedUntil,
-          sentAt: clock.now(),
-        }) as Extract<AttestationResult, { verdict: "trusted" }>;
-        checkResultSize(result);
-        // The attestation record, then the stored answer: from here on a redelivery re-sends
-        // this answer and never calls Key Vault again.
-        await state.recordAttestation(attestationRecord(request, released, now));
-      } catch (caught) {
-        const error = toShieldError(caught);
-        if (error.transient && !final) {
-          log("warn", "transient failure; left for redelivery", { code: error.code });
-          await recordDiscardedReleases(request, progress, error, now);
-          return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
-        }
-        return await refuse(request, lease, error, progress, delivery, now, () => {
-          completed = true;
-        });
-      }
-      await state.completeRequest(lease, result, clock.now());
-      completed = true;
-      await finishTrustedRecords(request, result, now, released);
-      await agents.sendToAgent(agentId, result);
-      log("info", "attestation trusted; keys released", {
-        keys: released.keys.length,
-        tokenSha256: released.validated.tokenHash,
-      });
-      return {
-        settlement: { action: "complete" },
-        agentId,
-        requestId,
-        verdict: "trusted",
-        keysReleased: released.keys.length,
-      };
-    } catch (caught) {
-      // A failure after the answer was stored (records, sending): redelivery re-sends it.
-      const error = toShieldError(caught);
-      log("warn", "could not finish; left for redelivery", { code: error.code });
-      return { settlement: { action: "retry", error }, agentId, requestId, keysReleased: 0 };
-    } finally {
-      if (!completed) await state.releaseRequest(lease).catch(() => undefined);
-    }
-  };
-
-  /** A final refusal: recorded, stored as the answer, and sent. */
-  async function refuse(
-    request: AttestationRequest,
-    lease: RequestLease,
-    error: ShieldError,
-    progress: Progress,
-    delivery: AttestDelivery,
-    now: Date,
-    markCompleted: () => void,
-  ): Promise<AttestOutcome> {
-    const { agentId, requestId } = request;
-    // Failures the workload's evidence caused are denials; configuration and outages are errors.
-    const verdict =
-      error.transient || error.code === "ERR_CONFIG" || error.code === "ERR_INTERNAL" ? "error" : "denied";
-    const result = makeAttestationResult({
-      agentId,
-      requestId,
-      verdict,
-      denial: denialFromError(error),
-      sentAt: clock.now(),
-    });
-    await recordRefused(request, error, verdict, progress, now);
-    await state.completeRequest(lease, result, clock.now());
-    markCompleted();
-    await agents.sendToAgent(agentId, result);
-    logger(
-      verdict === "denied" ? "info" : "error",
-      verdict === "denied" ? "attestation denied" : "attestation failed for good",
-      {
-        agentId,
-        requestId,
-        code: error.code,
-      },
-    );
-    if (verdict === "error" && (error.transient || delivery.deliveryCount >= maxDeliveryCount)) {
-      return {
-        settlement: {
-          action: "dead-letter",
-          reason: error.code,
-          description: `gave up after ${delivery.deliveryCount} deliveries: ${error.message}`,
-        },
-        agentId,
-        requestId,
-        verdict,
-        keysReleased: 0,
-      };
-    }
-    return { settlement: { action: "complete" }, agentId, requestId, verdict, keysReleased: 0 };
+    ctx.log("warn", `${kind}: refused`, { code: error.code });
+    return { settlement: { action: "complete" }, agentId, requestId, verdict: "denied", keysReleased: 0 };
   }
 
-  /** Checks in order; throws a ShieldError at the first that fails. */
-  async function attestAndRelease(
-    request: AttestationRequest,
-    progress: Progress,
-    now: Date,
-  ): Promise<Released> {
-    const challenge = await checkChallenge(request, now); // 1. agent standing and challenge
-    const runtimeData = Buffer.from(request.runtimeData, "base64url");
-    if (challenge !== undefined) checkRuntimeNonce(runtimeData, challenge); // 2. freshness is in the hardware binding
-    checkKeyCount(request); // 3. the answer must fit the bus before anything is released
-    const token = await obtainToken(request.evidence, runtimeData, challenge); // 4. MAA verifies the evidence
-    const validated = await validateMaaToken(token, {
-      // 5. the token: pinned issuer, signature, lifetime, nonce, runtime-data binding
-      keys: ports.tokenKeys,
-      issuer: config.issuer,
-      at: now,
-      runtimeData,
-      requireAttestationType: request.tee === "sevsnp" ? "sevsnpvm" : "sgx",
-      ...(challenge === undefined ? {} : { expectedNonce: challenge }),
-    });
-    progress.challengeMatched = challenge !== undefined;
-    progress.tokenHash = validated.tokenHash;
-    assertAppraised(appraiseClaims(validated.claims, config.appraisal)); // 6. our appraisal policy
-    const measurement = measurementOf(request, validated);
-    progress.measurement = measurement;
-    if (challenge !== undefined) await consumeChallenge(request, challenge); // 7. the nonce is used once
-    const keys: ReleasedKey[] = [];
-    for (const name of request.keys) {
-      // 8. Key Vault checks the token against the key's release policy and wraps the key.
-      const releaseResponse = await ports.keys.release(name, token, { encryption });
-      const key = { name, version: versionOf(releaseResponse), releaseResponse };
-      keys.push(key);
-      progress.released.push({ name: key.name, version: key.version });
-    }
-    const periodEnd = now.getTime() + config.attestationPeriodSeconds * 1000;
-    const attestedUntil = new Date(Math.min(periodEnd, validated.claims.exp * 1000));
-    return { keys, validated, measurement, attestedUntil };
-  }
+  // ---------------------------------------------------------------------------------------
+  // 2. freshness
 
   /**
-   * A revoked agent gets nothing until an operator reinstates it. An agent with a pending
-   * challenge must answer it: evidence without the nonce could be a replay of old evidence.
+   * A revoked agent gets nothing until an operator reinstates it. Evidence must bind a nonce the
+   * control plane issued to this agent id, unused and in time: a replay of any earlier request,
+   * under any agent id, names a nonce that is not this agent's open one.
    */
-  async function checkChallenge(request: AttestationRequest, now: Date): Promise<string | undefined> {
+  async function checkFreshness(ctx: AttestContext): Promise<void> {
+    const { request, now } = ctx;
     const agent = await state.getAgent(request.agentId);
     if (agent?.status === "revoked") {
       throw new ShieldError("ERR_AGENT_REVOKED", "the agent is revoked", {
@@ -362,30 +415,26 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       });
     }
     const pending = agent?.challenge;
-    const open =
-      pending !== undefined &&
-      (pending.answeredBy === undefined || pending.answeredBy === request.requestId) &&
-      now.getTime() <= pending.deadline.getTime();
-    if (request.challenge === undefined) {
-      if (open) {
-        throw new ShieldError("ERR_TOKEN_NONCE", "a challenge is pending: the request must answer it", {
-          violations: [{ field: "challenge", expected: "the agent's pending challenge", actual: "none" }],
-        });
-      }
-      return undefined;
-    }
     if (pending === undefined || pending.nonce !== request.challenge) {
-      throw new ShieldError("ERR_TOKEN_NONCE", "the request answers no pending challenge", {
-        violations: [
-          { field: "challenge", expected: "the agent's pending challenge", actual: "another nonce" },
-        ],
-      });
+      throw new ShieldError(
+        "ERR_CHALLENGE_UNKNOWN",
+        "the request answers no challenge issued to this agent",
+        {
+          violations: [
+            {
+              field: "challenge",
+              expected: "the agent's open challenge",
+              actual: pending === undefined ? "none open" : "another nonce",
+            },
+          ],
+        },
+      );
     }
     if (pending.answeredBy !== undefined && pending.answeredBy !== request.requestId) {
-      throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
+      throw new ShieldError("ERR_CHALLENGE_USED", "the challenge nonce was already used");
     }
     if (now.getTime() > pending.deadline.getTime()) {
-      throw new ShieldError("ERR_TOKEN_NONCE", "the challenge deadline has passed", {
+      throw new ShieldError("ERR_CHALLENGE_EXPIRED", "the challenge deadline has passed", {
         violations: [
           {
             field: "challenge",
@@ -395,19 +444,23 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         ],
       });
     }
-    return pending.nonce;
+    checkRuntimeNonce(ctx.runtimeData, pending.nonce);
   }
 
   /** The nonce must be inside the runtime data, whose hash the hardware signed. */
   function checkRuntimeNonce(runtimeData: Buffer, challenge: string): void {
     let nonce: unknown;
     try {
-      nonce = (JSON.parse(runtimeData.toString("utf8")) as { nonce?: unknown } | null)?.nonce;
+      const parsed: unknown = JSON.parse(runtimeData.toString("utf8"));
+      nonce =
+        typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)
+          ? (parsed as { nonce?: unknown }).nonce
+          : undefined;
     } catch {
       nonce = undefined;
     }
     if (nonce !== challenge) {
-      throw new ShieldError("ERR_TOKEN_NONCE", "the runtime data does not carry the challenge nonce", {
+      throw new ShieldError("ERR_CHALLENGE_MISMATCH", "the runtime data does not carry the challenge nonce", {
         violations: [
           {
             field: "runtimeData.nonce",
@@ -434,23 +487,56 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     }
   }
 
-  function checkResultSize(result: AttestationResult): void {
-    const bytes = Buffer.byteLength(JSON.stringify(result));
-    if (bytes > maxResultBytes) {
-      throw new ShieldError("ERR_INPUT_TOO_LARGE", `the answer (${bytes} bytes) does not fit the bus`);
+  // ---------------------------------------------------------------------------------------
+  // 3. attest
+
+  /** MAA verifies the evidence; the token it returns is validated here, not trusted. */
+  async function attest(ctx: AttestContext): Promise<void> {
+    const { request, runtimeData, now } = ctx;
+    const token = await obtainToken(request.evidence, runtimeData, request.challenge);
+    ctx.token = token;
+    const validated = await validateMaaToken(token, {
+      keys: ports.tokenKeys,
+      issuer: config.issuer,
+      at: now,
+      runtimeData,
+      requireAttestationType: request.tee === "sevsnp" ? "sevsnpvm" : "sgx",
+      expectedNonce: request.challenge,
+    });
+    ctx.validated = validated;
+    ctx.challengeMatched = true;
+  }
+
+  async function obtainToken(evidence: Evidence, runtimeData: Buffer, nonce: string): Promise<string> {
+    const common = { runtimeData, runtimeDataType: "JSON" as const, nonce };
+    switch (evidence.tee) {
+      case "sevsnp":
+        return ports.attestation.attestSevSnp({ report: maaReportOf(evidence), ...common });
+      case "sgx":
+        return ports.attestation.attestSgx({ quote: Buffer.from(evidence.quote, "base64url"), ...common });
     }
   }
 
+  // ---------------------------------------------------------------------------------------
+  // 4. appraise
+
+  async function appraise(ctx: AttestContext): Promise<void> {
+    const validated = ctx.validated!;
+    assertAppraised(appraiseClaims(validated.claims, config.appraisal));
+    ctx.measurement = measurementOf(ctx.request, validated);
+    await consumeChallenge(ctx.request);
+  }
+
   /** Marks the challenge answered by this request, once (ETag-conditional). */
-  async function consumeChallenge(request: AttestationRequest, nonce: string): Promise<void> {
+  async function consumeChallenge(request: AttestationRequest): Promise<void> {
     await changeAgent(state, request.agentId, (current) => {
       const pending = current?.challenge;
-      if (current === undefined || pending === undefined || pending.nonce !== nonce) {
-        throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
+      if (current === undefined || pending === undefined || pending.nonce !== request.challenge) {
+        throw new ShieldError("ERR_CHALLENGE_USED", "the challenge nonce was already used");
       }
       if (pending.answeredBy === request.requestId) return undefined; // this request, again
       if (pending.answeredBy !== undefined) {
-        throw new ShieldError("ERR_TOKEN_NONCE", "the challenge nonce was already used");
+        throw new ShieldError("ERR_CHALLENGE_USED", "the challenge nonce was already used");
       }
       return {
         ...withoutEtag(current),
@@ -460,36 +546,106 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     });
   }
 
-  async function obtainToken(
-    evidence: Evidence,
-    runtimeData: Buffer,
-    nonce: string | undefined,
-  ): Promise<string> {
-    const common = {
-      runtimeData,
-      runtimeDataType: "JSON" as const,
-      ...(nonce === undefined ? {} : { nonce }),
-    };
-    switch (evidence.tee) {
-      case "sevsnp":
-        return ports.attestation.attestSevSnp({ report: maaReportOf(evidence), ...common });
-      case "sgx":
-        return ports.attestation.attestSgx({ quote: Buffer.from(evidence.quote, "base64url"), ...common });
+  // ---------------------------------------------------------------------------------------
+  // 5. release
+
+  /** One Key Vault release per requested key, the challenge nonce as the request nonce. */
+  async function release(ctx: AttestContext): Promise<void> {
+    for (const name of ctx.request.keys) {
+      const releaseResponse = await ports.keys.release(name, ctx.token!, {
+        encryption,
+        nonce: ctx.request.challenge,
+      });
+      ctx.released.push({ name, version: versionOf(releaseResponse), releaseResponse });
     }
+    const periodEnd = ctx.now.getTime() + config.attestationPeriodSeconds * 1000;
+    ctx.attestedUntil = new Date(Math.min(periodEnd, ctx.validated!.claims.exp * 1000));
   }
 
-  function attestationRecord(request: AttestationRequest, released: Released, now: Date): AttestationRecord {
-    return {
+  // ---------------------------------------------------------------------------------------
+  // 6. answer
+
+  /** Builds the trusted result, records the attestation, then stores the answer. */
+  async function storeAnswer(ctx: AttestContext): Promise<TrustedResult> {
+    const { request } = ctx;
+    const result = makeAttestationResult({
       agentId: request.agentId,
       requestId: request.requestId,
-      at: now,
+      requestDigest: ctx.digest,
+      keys: ctx.released,
+      attestedUntil: ctx.attestedUntil!,
+      sentAt: clock.now(),
+    }) as TrustedResult;
+    const bytes = Buffer.byteLength(JSON.stringify(result));
+    if (bytes > maxResultBytes) {
+      throw new ShieldError("ERR_INPUT_TOO_LARGE", `the answer (${bytes} bytes) does not fit the bus`);
+    }
+    // The attestation record, then the stored answer: from here on a redelivery re-sends this
+    // answer and never calls Key Vault again.
+    await state.recordAttestation(attestationRecord(ctx));
+    await state.completeRequest(ctx.lease!, result, clock.now());
+    return result;
+  }
+
+  /** A final refusal: recorded, stored as the answer, and sent. */
+  async function refuse(
+    ctx: AttestContext,
+    error: ShieldError,
+    markAnswered: () => void,
+  ): Promise<AttestOutcome> {
+    const { agentId, requestId } = ctx.request;
+    // Failures the workload's evidence caused are denials; configuration and outages are errors.
+    const verdict =
+      error.transient || error.code === "ERR_CONFIG" || error.code === "ERR_INTERNAL" ? "error" : "denied";
+    const result = makeAttestationResult({
+      agentId,
+      requestId,
+      requestDigest: ctx.digest,
+      verdict,
+      denial: denialFromError(error),
+      sentAt: clock.now(),
+    });
+    await recordRefused(ctx, error, verdict);
+    await state.completeRequest(ctx.lease!, result, clock.now());
+    markAnswered();
+    await agents.sendToAgent(agentId, result);
+    ctx.log(
+      verdict === "denied" ? "info" : "error",
+      verdict === "denied" ? "attestation denied" : "attestation failed for good",
+      { code: error.code },
+    );
+    if (verdict === "error" && (error.transient || ctx.delivery.deliveryCount >= maxDeliveryCount)) {
+      return {
+        settlement: {
+          action: "dead-letter",
+          reason: error.code,
+          description: `gave up after ${ctx.delivery.deliveryCount} deliveries: ${error.message}`,
+        },
+        agentId,
+        requestId,
+        verdict,
+        keysReleased: 0,
+      };
+    }
+    return { settlement: { action: "complete" }, agentId, requestId, verdict, keysReleased: 0 };
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // 7. record
+
+  function attestationRecord(ctx: AttestContext): AttestationRecord {
+    const validated = ctx.validated!;
+    return {
+      agentId: ctx.request.agentId,
+      requestId: ctx.request.requestId,
+      at: ctx.now,
       verdict: "trusted",
       violations: [],
-      tokenHash: released.validated.tokenHash,
-      claimsDigest: sha256(JSON.stringify(released.validated.claims)),
-      measurement: released.measurement,
-      attestedUntil: released.attestedUntil,
-      keys: request.keys,
+      tokenHash: validated.tokenHash,
+      claimsDigest: sha256(JSON.stringify(validated.claims)),
+      measurement: ctx.measurement!,
+      attestedUntil: ctx.attestedUntil!,
+      keys: ctx.request.keys,
     };
   }
 
@@ -498,27 +654,25 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
    * answer is stored; a redelivery runs it again from the stored answer when it did not finish
    * (holdings are upserts; the audit is appended only for keys whose holding is missing).
    */
-  async function finishTrustedRecords(
-    request: AttestationRequest,
-    result: Extract<AttestationResult, { verdict: "trusted" }>,
-    now: Date,
-    released?: Released,
-  ): Promise<void> {
+  async function record(ctx: AttestContext, result: TrustedResult): Promise<void> {
+    const { request, now } = ctx;
     const { agentId, requestId } = request;
-    const record = released === undefined ? await state.getAttestation(agentId, requestId) : undefined;
-    const measurement = released?.measurement ?? record?.measurement;
-    const tokenHash = released?.validated.tokenHash ?? record?.tokenHash;
+    const fresh = ctx.measurement !== undefined;
+    const stored = fresh ? undefined : await state.getAttestation(agentId, requestId);
+    const measurement = ctx.measurement ?? stored?.measurement;
+    const tokenHash = ctx.validated?.tokenHash ?? stored?.tokenHash;
     if (measurement === undefined) return; // nothing trustworthy to complete from
     const held = new Set(
       (await state.listHoldingsByAgent(agentId))
         .filter((h) => h.requestId === requestId)
         .map((h) => h.keyName),
     );
-    if (released === undefined && result.keys.every((k) => held.has(k.name))) return;
+    if (!fresh && result.keys.every((k) => held.has(k.name))) return;
+    const at = stored?.at ?? now;
     const attestedUntil = new Date(result.attestedUntil);
     await changeAgent(state, agentId, (current) => {
       // A later attestation already moved the agent on; and a revoked agent stays revoked.
-      if (current?.lastAttestedAt !== undefined && current.lastAttestedAt.getTime() > now.getTime())
+      if (current?.lastAttestedAt !== undefined && current.lastAttestedAt.getTime() > at.getTime())
         return undefined;
       const answered = current?.challenge?.answeredBy === requestId;
       return {
@@ -529,7 +683,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         ...(current?.status === "revoked" && current.statusReason
           ? { statusReason: current.statusReason }
           : {}),
-        lastAttestedAt: now,
+        lastAttestedAt: at,
         attestedUntil,
         measurement,
         updatedAt: clock.now(),
@@ -540,7 +694,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     for (const key of result.keys) {
       if (held.has(key.name)) continue;
       await state.appendAudit(keyAuditPartition(key.name), {
-        at: now,
+        at,
         kind: "key-released",
         subject: agentId,
         requestId,
@@ -555,13 +709,13 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         keyName: key.name,
         keyVersion: key.version,
         measurement,
-        releasedAt: now,
+        releasedAt: at,
         requestId,
       });
     }
     if (held.size === 0) {
       await state.appendAudit(agentAuditPartition(agentId), {
-        at: now,
+        at,
         kind: "attestation-trusted",
         subject: agentId,
         requestId,
@@ -575,34 +729,32 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
   }
 
   /** Keys Key Vault released for a request that then failed: never delivered, but on record. */
-  async function recordDiscardedReleases(
-    request: AttestationRequest,
-    progress: Progress,
-    error: ShieldError,
-    now: Date,
-  ): Promise<void> {
-    for (const key of progress.released.splice(0)) {
+  async function recordDiscardedReleases(ctx: AttestContext, error: ShieldError): Promise<void> {
+    for (const key of ctx.released.splice(0)) {
       await state
         .appendAudit(keyAuditPartition(key.name), {
-          at: now,
+          at: ctx.now,
           kind: "key-release-discarded",
-          subject: request.agentId,
-          requestId: request.requestId,
-          details: { keyVersion: key.version, code: error.code, tokenSha256: progress.tokenHash ?? null },
+          subject: ctx.request.agentId,
+          requestId: ctx.request.requestId,
+          details: {
+            keyVersion: key.version,
+            code: error.code,
+            tokenSha256: ctx.validated?.tokenHash ?? null,
+          },
         })
         .catch(() => undefined);
     }
   }
 
   async function recordRefused(
-    request: AttestationRequest,
+    ctx: AttestContext,
     error: ShieldError,
     verdict: "denied" | "error",
-    progress: Progress,
-    now: Date,
   ): Promise<void> {
+    const { request, now } = ctx;
     const { agentId, requestId } = request;
-    await recordDiscardedReleases(request, progress, error, now);
+    await recordDiscardedReleases(ctx, error);
     await state.recordAttestation({
       agentId,
       requestId,
@@ -611,14 +763,14 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       reasonCode: error.code,
       violations: error.violations.slice(0, 64),
       keys: request.keys,
-      ...(progress.tokenHash === undefined ? {} : { tokenHash: progress.tokenHash }),
-      ...(progress.measurement === undefined ? {} : { measurement: progress.measurement }),
+      ...(ctx.validated === undefined ? {} : { tokenHash: ctx.validated.tokenHash }),
+      ...(ctx.measurement === undefined ? {} : { measurement: ctx.measurement }),
     });
-    // The agent id is not authenticated, so a refusal changes an agent's standing only when
-    // the request proved it speaks for that agent — it answered the agent's own pending
-    // challenge with evidence MAA verified — or when the agent is new.
-    const existing = await state.getAgent(agentId);
-    if (verdict === "denied" && (existing === undefined || progress.challengeMatched)) {
+    // The agent id is not authenticated, so a refusal changes an agent's standing only when the
+    // request proved it speaks for that agent: it answered the agent's own open challenge with
+    // evidence MAA verified.
+    const standingChanged = verdict === "denied" && ctx.challengeMatched;
+    if (standingChanged) {
       await changeAgent(state, agentId, (current) => ({
         agentId,
         workload: request.workload,
@@ -640,7 +792,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         code: error.code,
         violations: error.violations.length,
         keys: request.keys.join(","),
-        standingChanged: verdict === "denied" && (existing === undefined || progress.challengeMatched),
+        standingChanged,
       },
     });
   }
@@ -652,7 +804,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
   ): Promise<AttestOutcome> {
     const now = clock.now();
     const ids = salvageIds(body);
-    logger("warn", "malformed attestation request recorded and completed", {
+    logger("warn", "malformed request recorded and completed", {
       messageId: delivery.messageId,
       code: error.code,
       ...(ids ? { agentId: ids.agentId, requestId: ids.requestId } : {}),

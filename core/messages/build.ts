@@ -13,6 +13,7 @@ import {
   V1_SCHEMAS,
   type AttestationRequest,
   type AttestationResult,
+  type ChallengeRequest,
   type Challenge,
   type Denial,
   type KeyEvent,
@@ -43,6 +44,10 @@ function iso(at: Date, name: string): string {
   return at.toISOString();
 }
 
+export function makeChallengeRequest(fields: Fields<ChallengeRequest, "sentAt">): ChallengeRequest {
+  return build("challenge-request", { ...fields, sentAt: iso(fields.sentAt, "sentAt") });
+}
+
 export function makeAttestationRequest(fields: Fields<AttestationRequest, "sentAt">): AttestationRequest {
   return build("attestation-request", { ...fields, sentAt: iso(fields.sentAt, "sentAt") });
 }
@@ -50,6 +55,7 @@ export function makeAttestationRequest(fields: Fields<AttestationRequest, "sentA
 export interface TrustedResultFields {
   readonly agentId: string;
   readonly requestId: string;
+  readonly requestDigest?: string;
   readonly keys: readonly ReleasedKey[];
   readonly attestedUntil: Date;
   readonly sentAt: Date;
@@ -58,6 +64,7 @@ export interface TrustedResultFields {
 export interface FailedResultFields {
   readonly agentId: string;
   readonly requestId: string;
+  readonly requestDigest?: string;
   /** `denied`: the evidence or the policy said no. `error`: the request could not be completed. */
   readonly verdict: "denied" | "error";
   readonly denial: Denial;
@@ -68,6 +75,7 @@ export function makeAttestationResult(fields: TrustedResultFields | FailedResult
   const common = {
     agentId: fields.agentId,
     requestId: fields.requestId,
+    ...(fields.requestDigest === undefined ? {} : { requestDigest: fields.requestDigest }),
     sentAt: iso(fields.sentAt, "sentAt"),
   };
   if ("denial" in fields) {

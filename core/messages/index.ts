@@ -8,6 +8,7 @@ export {
   parseMessage,
   parseAttestationRequest,
   parseAttestationResult,
+  parseChallengeRequest,
   parseChallenge,
   parseKeyEvent,
   parsePolicyUpdate,
@@ -18,6 +19,7 @@ export {
   denialFromError,
   makeAttestationRequest,
   makeAttestationResult,
+  makeChallengeRequest,
   makeChallenge,
   makeKeyEvent,
   makePolicyUpdate,
@@ -31,6 +33,7 @@ export {
   type AttestationRequest,
   type AttestationResult,
   type Challenge,
+  type ChallengeRequest,
   type Denial,
   type FailedResult,
   type KeyEvent,
@@ -43,6 +46,7 @@ export {
   type RotationReason,
   type TrustedResult,
 } from "./v1.js";
+export { canonicalJson, requestDigest } from "./digest.js";
 export {
   EVIDENCE_LIMITS,
   type Evidence,

@@ -51,6 +51,7 @@ function parseAs<T extends MessageType>(type: T) {
   };
 }
 
+export const parseChallengeRequest = parseAs("challenge-request");
 export const parseAttestationRequest = parseAs("attestation-request");
 export const parseAttestationResult = parseAs("attestation-result");
 export const parseChallenge = parseAs("challenge");

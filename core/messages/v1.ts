@@ -29,6 +29,7 @@ import {
 import { evidence } from "./evidence.js";
 
 export const MESSAGE_TYPES = [
+  "challenge-request",
   "attestation-request",
   "attestation-result",
   "challenge",
@@ -48,6 +49,19 @@ export const MAX_RUNTIME_DATA_CHARS = 16_384;
 export const MAX_RELEASE_RESPONSE_CHARS = 65_536;
 const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 
+/** Agent → functions: asks for a challenge to answer (at start, and before every attestation). */
+export const challengeRequestSchema = z.strictObject(
+  {
+    type: messageType("challenge-request"),
+    version: version1,
+    agentId,
+    workload: identifier("workload"),
+    tee: teeKind,
+    sentAt: timestamp("sentAt"),
+  },
+  OBJECT,
+);
+
 export const attestationRequestSchema = z
   .strictObject(
     {
@@ -59,7 +73,8 @@ export const attestationRequestSchema = z
       tee: teeKind,
       evidence,
       runtimeData: base64url("runtime data", MAX_RUNTIME_DATA_CHARS),
-      challenge: nonce.optional(),
+      /** The nonce of the signed challenge this request answers; the runtime data carries it too. */
+      challenge: nonce,
       keys: keyNames,
       sentAt: timestamp("sentAt"),
     },
@@ -101,6 +116,14 @@ const resultBase = {
   version: version1,
   agentId,
   requestId,
+  /**
+   * sha256 (base64url) of the canonical request this answers (digest.ts); absent only when the
+   * request could not be parsed. Agents act only on results carrying their request's digest.
+   */
+  requestDigest: z
+    .string({ error: "requestDigest: 43 characters of unpadded base64url" })
+    .regex(/^[A-Za-z0-9_-]{43}$/)
+    .optional(),
   sentAt: timestamp("sentAt"),
 };
 
@@ -162,6 +185,7 @@ export const keyEventSchema = z.strictObject(
   {
     type: messageType("key-event"),
     version: version1,
+    agentId,
     event: z.enum(["rotated", "revoked"], { error: "one of rotated, revoked" }),
     keyName,
     keyVersion,
@@ -220,6 +244,7 @@ export const rotateKeySchema = z.strictObject(
   OBJECT,
 );
 
+export type ChallengeRequest = z.infer<typeof challengeRequestSchema>;
 export type AttestationRequest = z.infer<typeof attestationRequestSchema>;
 export type AttestationResult = z.infer<typeof attestationResultSchema>;
 export type TrustedResult = Extract<AttestationResult, { verdict: "trusted" }>;
@@ -233,9 +258,10 @@ export type RotateKey = z.infer<typeof rotateKeySchema>;
 export type RotationReason = (typeof ROTATION_REASONS)[number];
 
 export type Message =
-  AttestationRequest | AttestationResult | Challenge | KeyEvent | PolicyUpdate | RotateKey;
+  ChallengeRequest | AttestationRequest | AttestationResult | Challenge | KeyEvent | PolicyUpdate | RotateKey;
 
 export interface MessageByType {
+  "challenge-request": ChallengeRequest;
   "attestation-request": AttestationRequest;
   "attestation-result": AttestationResult;
   challenge: Challenge;
@@ -246,6 +272,7 @@ export interface MessageByType {
 
 /** The version-1 schema of each message type. */
 export const V1_SCHEMAS: { readonly [T in MessageType]: z.ZodType<MessageByType[T]> } = {
+  "challenge-request": challengeRequestSchema,
   "attestation-request": attestationRequestSchema,
   "attestation-result": attestationResultSchema,
   challenge: challengeSchema,

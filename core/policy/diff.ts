@@ -1,7 +1,8 @@
 /**
  * What changes between two release policies, measurement by measurement, and whether the change
  * is one the project may apply (DESIGN §6 rule 6: a change may add or retire measurements but
- * never drop the `is-debuggable = false` or the attestation-type condition).
+ * never drop the `is-debuggable = false` or the attestation-type condition), and whether a policy
+ * written without a predecessor carries both conditions at all.
  *
  * Authority entries are grouped by issuer (compared as {@link normalizeIssuer} does), so a
  * policy with one entry per measurement and one with an anyOf of measurements under a single
@@ -202,19 +203,29 @@ export function formatPolicyDiff(diff: PolicyDiff): string {
 
 /** What an authority entry guarantees on every path to release. */
 interface Guards {
-  /** Some `*-is-debuggable equals "false"` condition must hold. */
+  /** Some debug claim MAA issues must equal "false" (see {@link isDebuggableClaim}). */
   readonly notDebuggable: boolean;
   /** The attestation types the entry can release to; undefined when it does not constrain it. */
   readonly attestationTypes: ReadonlySet<string> | undefined;
 }
 
+/** The debug claims MAA issues, at the top level or under `x-ms-isolation-tee.` (CVM tokens). */
+const DEBUG_CLAIMS: ReadonlySet<string> = new Set(["x-ms-sevsnpvm-is-debuggable", "x-ms-sgx-is-debuggable"]);
+/** MAA's deprecated SGX alias, issued at the top level only (azure-wire-formats §1.6). */
+const DEPRECATED_SGX_DEBUG_CLAIM = "is-debuggable";
+const ATTESTATION_TYPE_CLAIM = "x-ms-attestation-type";
+
+/**
+ * Claim names are matched exactly: a policy path such as `x-ms-runtime.x-ms-sevsnpvm-is-debuggable`
+ * reads runtime data the workload wrote itself, so it guarantees nothing about the hardware.
+ */
 function isDebuggableClaim(claim: string): boolean {
-  const last = claim.slice(claim.lastIndexOf(".") + 1);
-  return last === "is-debuggable" || last.endsWith("-is-debuggable");
+  if (claim === DEPRECATED_SGX_DEBUG_CLAIM || DEBUG_CLAIMS.has(claim)) return true;
+  return claim.startsWith(ISOLATION_TEE_PREFIX) && DEBUG_CLAIMS.has(claim.slice(ISOLATION_TEE_PREFIX.length));
 }
 
 function isAttestationTypeClaim(claim: string): boolean {
-  return baseClaimName(claim) === "x-ms-attestation-type";
+  return claim === ATTESTATION_TYPE_CLAIM || claim === ISOLATION_TEE_PREFIX + ATTESTATION_TYPE_CLAIM;
 }
 
 function intersect(a: ReadonlySet<string> | undefined, b: ReadonlySet<string> | undefined) {
@@ -338,6 +349,47 @@ export function checkSafePolicyChange(from: ReleasePolicy, to: ReleasePolicy): V
     }
   });
   return violations;
+}
+
+/**
+ * The reasons a release policy written without a predecessor (a new key or version) is unsafe
+ * (empty when it is safe): every authority entry must guarantee, on every path through its
+ * anyOf/allOf, that a debug claim MAA issues equals "false" and that the attestation type is
+ * constrained.
+ */
+export function checkSafeReleasePolicy(policy: ReleasePolicy): Violation[] {
+  const violations: Violation[] = [];
+  policy.authorities.forEach((rule, index) => {
+    const guards = ruleGuards(rule);
+    const where = `anyOf[${index}] (${rule.authority})`;
+    if (!guards.notDebuggable) {
+      violations.push({
+        field: `${where} is-debuggable`,
+        expected: `${[...DEBUG_CLAIMS].join(" or ")} equals "false" on every path`,
+        actual: "not required",
+      });
+    }
+    if (guards.attestationTypes === undefined) {
+      violations.push({
+        field: `${where} x-ms-attestation-type`,
+        expected: `${ATTESTATION_TYPE_CLAIM} equals a type on every path`,
+        actual: "not required",
+      });
+    }
+  });
+  return violations;
+}
+
+/** Throws `ERR_POLICY_UNSAFE` listing every violation when the policy is unsafe. */
+export function assertSafeReleasePolicy(policy: ReleasePolicy): void {
+  const violations = checkSafeReleasePolicy(policy);
+  if (violations.length > 0) {
+    throw new ShieldError(
+      "ERR_POLICY_UNSAFE",
+      `release policy lacks a required condition (${violations.length} violation(s))`,
+      { violations },
+    );
+  }
 }
 
 /** Throws `ERR_POLICY_UNSAFE_CHANGE` listing every violation when the change is unsafe. */

@@ -4,7 +4,8 @@
  *
  * Semantics (Key Vault's policy grammar page, with the gaps it leaves closed the strict way):
  * - The policy is an anyOf over authorities. An authority counts only when it names the token's
- *   issuer ({@link authorityMatchesIssuer}: trailing "/" ignored, scheme and host case-insensitive).
+ *   issuer ({@link authorityMatchesIssuer}: trailing "/" ignored, scheme and host case-insensitive);
+ *   claims without an `iss` match no authority, so nothing is released to them.
  * - `claim` is a dot path through nested objects; an array anywhere on the path fails the
  *   condition ("array specifications aren't presently supported").
  * - A missing (or null) claim fails every condition, `exists: false` included — the grammar page
@@ -33,8 +34,8 @@ import {
 } from "./release-policy.js";
 
 export interface ReleaseToken {
-  /** The token's `iss`. */
-  readonly issuer: string;
+  /** The token's `iss`; undefined when the claims carry none (then no authority matches). */
+  readonly issuer: string | undefined;
   /** The token's verified claims. */
   readonly claims: Readonly<Record<string, unknown>>;
 }
@@ -231,7 +232,7 @@ function evaluateGroup(
 }
 
 function evaluateAuthority(rule: AuthorityRule, token: ReleaseToken): AuthorityResult {
-  const issuerMatched = authorityMatchesIssuer(rule.authority, token.issuer);
+  const issuerMatched = token.issuer !== undefined && authorityMatchesIssuer(rule.authority, token.issuer);
   const clauses = evaluateGroup(rule.kind, rule.conditions, token.claims);
   const result: AuthorityOutcome = !issuerMatched
     ? "issuer-mismatch"
@@ -280,7 +281,9 @@ function summarizeDecision(
   if (released && chosen !== undefined) return `released: authority ${chosen.authority} is satisfied`;
   if (chosen === undefined) {
     const names = authorities.map((a) => a.authority).join(", ");
-    return `not released: issuer ${token.issuer} matches no authority (${names})`;
+    return token.issuer === undefined
+      ? `not released: the claims have no iss, so no authority matches (${names})`
+      : `not released: issuer ${token.issuer} matches no authority (${names})`;
   }
   const details = violations.map((v) => `${v.field} (expected ${v.expected}, actual ${v.actual})`).join("; ");
   return `not released: authority ${chosen.authority}: ${violations.length} condition(s) fail: ${details}`;
@@ -291,8 +294,12 @@ function summarizeDecision(
  * with `token.claims`, and explains why. Pure and allocation-light: safe to run per request.
  */
 export function evaluateReleasePolicy(policy: ReleasePolicy, token: ReleaseToken): ReleaseDecision {
-  if (typeof token !== "object" || token === null || typeof token.issuer !== "string") {
-    throw new TypeError("token.issuer must be a string");
+  if (
+    typeof token !== "object" ||
+    token === null ||
+    (token.issuer !== undefined && typeof token.issuer !== "string")
+  ) {
+    throw new TypeError("token.issuer must be a string or undefined");
   }
   if (typeof token.claims !== "object" || token.claims === null || Array.isArray(token.claims)) {
     throw new TypeError("token.claims must be an object");
@@ -326,7 +333,7 @@ export function evaluateReleasePolicy(policy: ReleasePolicy, token: ReleaseToken
           {
             field: "iss",
             expected: `one of ${authorities.map((a) => a.authority).join(", ")}`,
-            actual: token.issuer,
+            actual: token.issuer ?? "(missing)",
           },
         ]
       : bestViolations;

@@ -5,7 +5,9 @@
  *
  * Results, challenges and key events go to one agent at a time: on Service Bus that is the
  * session whose id is the agent id on `attestation-results`; other transports give each agent its
- * own queue. Delivery is at least once everywhere, so every receiver must be idempotent.
+ * own queue. They travel signed (core/control): the body is the compact JWS, so whoever can
+ * write to an agent's queue can delay it but never steer it. Delivery is at least once
+ * everywhere, so every receiver must be idempotent.
  *
  * Requests are received with peek-lock semantics as Service Bus has them: a received request is
  * locked, not removed, until it is completed, abandoned (delivered again, its delivery count one
@@ -24,10 +26,31 @@ import {
   type AttestationRequest,
   type AttestationResult,
   type Challenge,
+  type ChallengeRequest,
   type KeyEvent,
 } from "../messages/index.js";
 
+/** What the functions tell an agent (before signing). */
 export type AgentMessage = AttestationResult | Challenge | KeyEvent;
+export type AgentMessageType = AgentMessage["type"];
+export const AGENT_MESSAGE_TYPES: readonly AgentMessageType[] = [
+  "attestation-result",
+  "challenge",
+  "key-event",
+];
+
+/** What agents send to the functions. */
+export type AgentRequest = ChallengeRequest | AttestationRequest;
+
+/** A control message as it travels: signed by the control plane for one agent (core/control). */
+export interface SignedAgentMessage {
+  readonly type: AgentMessageType;
+  readonly agentId: string;
+  /** The signed message id (`jti`), unique per signing; the transport's message id derives from it. */
+  readonly messageId: string;
+  /** The compact JWS: the body on the wire, as UTF-8 text. */
+  readonly jws: string;
+}
 
 /** Queue names as deployed (Bicep) and as the local transports use them by default. */
 export const REQUESTS_QUEUE = "attestation-requests";
@@ -37,10 +60,10 @@ export const DEFAULT_MAX_DELIVERY_COUNT = 10;
 /** The dead-letter reason Service Bus gives a message delivered too often. */
 export const MAX_DELIVERY_COUNT_EXCEEDED = "MaxDeliveryCountExceeded";
 
-/** Functions → agents. */
+/** Functions → agents: the transport. Only signed messages travel on it. */
 export interface AgentChannel {
   /** Sends to the agent's session (Service Bus) or queue (local transports). */
-  sendToAgent(agentId: string, message: AgentMessage): Promise<void>;
+  sendToAgent(agentId: string, message: SignedAgentMessage): Promise<void>;
 }
 
 /** A received message: its body (untrusted, unparsed) and how often it has been delivered. */
@@ -59,7 +82,7 @@ export interface ReceivedMessage {
 
 /** Agents → functions. */
 export interface RequestChannel {
-  sendRequest(request: AttestationRequest): Promise<void>;
+  sendRequest(request: AgentRequest): Promise<void>;
 }
 
 /** An agent's own inbox. */
@@ -127,42 +150,35 @@ export interface LocalBus extends RequestChannel, AgentChannel {
 /** Longest dead-letter reason and description kept (Service Bus allows more; nobody needs it). */
 export const DEAD_LETTER_LIMITS = { reasonChars: 128, descriptionChars: 1024 } as const;
 
-/** The message id a transport that lets the sender choose one gives a request. */
-export function requestMessageId(request: AttestationRequest): string {
-  return request.requestId;
-}
-
 /**
- * A stable message id for a message to an agent: the same message sent twice gets the same id,
- * so Service Bus duplicate detection (when enabled on the queue) drops the second copy and logs
- * can pair them. The agent id is part of it because one key event goes to many agents, and
- * because request ids are chosen by agents: one agent must not be able to make another agent's
- * result look like a duplicate. Hashed, since the parts together can exceed Service Bus's 128
- * characters; prefixed with the type so logs stay readable.
+ * The message id a transport that lets the sender choose one gives a request: the request id of
+ * an attestation request (a resend is then a duplicate), a digest of agent and time for a
+ * challenge request.
  */
-export function agentMessageId(agentId: string, message: AgentMessage): string {
-  const parts: string[] = [agentId, message.type];
-  switch (message.type) {
-    case "attestation-result":
-      parts.push(message.requestId);
-      break;
-    case "challenge":
-      parts.push(message.nonce);
-      break;
-    case "key-event":
-      parts.push(message.event, message.keyName, message.keyVersion);
-      break;
-  }
-  const digest = createHash("sha256").update(JSON.stringify(parts)).digest("hex").slice(0, 40);
-  return `${message.type}-${digest}`;
+export function requestMessageId(request: AgentRequest): string {
+  if (request.type === "attestation-request") return request.requestId;
+  const digest = createHash("sha256")
+    .update(JSON.stringify([request.agentId, request.sentAt]))
+    .digest("hex")
+    .slice(0, 40);
+  return `challenge-request-${digest}`;
 }
 
 /**
- * The body as sent: UTF-8 JSON of the message, refused with ERR_INPUT_TOO_LARGE above
+ * The transport message id of a message to an agent: its signed id, prefixed with the type so
+ * logs stay readable. The signed id is chosen by the control plane (never by an agent), so no
+ * agent can make another agent's message look like a duplicate.
+ */
+export function agentMessageId(message: SignedAgentMessage): string {
+  return `${message.type}-${message.messageId}`;
+}
+
+/**
+ * The body as sent: UTF-8 JSON of the message (or the text of a signed one), refused with ERR_INPUT_TOO_LARGE above
  * `maxBytes` (the transport's limit) so that the sender learns of it, not the receiver.
  */
-export function serializeBody(message: object, maxBytes: number): Buffer {
-  const bytes = Buffer.from(JSON.stringify(message), "utf8");
+export function serializeBody(message: object | string, maxBytes: number): Buffer {
+  const bytes = Buffer.from(typeof message === "string" ? message : JSON.stringify(message), "utf8");
   if (bytes.length > maxBytes) {
     throw new ShieldError("ERR_INPUT_TOO_LARGE", "message is too large for the bus", {
       violations: [{ field: "body", expected: `at most ${maxBytes} bytes`, actual: `${bytes.length} bytes` }],
@@ -215,16 +231,35 @@ export function clampDeadLetterText(
   };
 }
 
+const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+/** A signed message id (a UUID in practice) short enough that `<type>-<id>` fits Service Bus's 128. */
+export const MAX_SIGNED_MESSAGE_ID_CHARS = 64;
+
 /**
  * Checks the arguments of `sendToAgent` (caller misuse → TypeError): the agent id is a valid
- * identifier (it becomes a session id or a queue name), and a message that names its agent
- * names this one, so a result can never be posted to the wrong agent.
+ * identifier (it becomes a session id or a queue name), the message is signed, and it is
+ * addressed to this agent, so a result can never be posted to the wrong agent.
  */
-export function checkAgentMessage(agentId: string, message: AgentMessage): void {
+export function checkAgentMessage(agentId: string, message: SignedAgentMessage): void {
   checkAgentId(agentId);
   if (typeof message !== "object" || message === null)
     throw new TypeError("sendToAgent: message must be an object");
-  if ("agentId" in message && message.agentId !== agentId) {
+  if (!AGENT_MESSAGE_TYPES.includes(message.type)) {
+    throw new TypeError("sendToAgent: message must be an attestation-result, challenge or key-event");
+  }
+  if (typeof message.jws !== "string" || !JWS_COMPACT.test(message.jws)) {
+    throw new TypeError("sendToAgent: message must be signed (a compact JWS)");
+  }
+  if (
+    typeof message.messageId !== "string" ||
+    message.messageId.length > MAX_SIGNED_MESSAGE_ID_CHARS ||
+    !IDENTIFIER_PATTERN.test(message.messageId)
+  ) {
+    throw new TypeError(
+      `sendToAgent: messageId must be an identifier of at most ${MAX_SIGNED_MESSAGE_ID_CHARS} characters`,
+    );
+  }
+  if (message.agentId !== agentId) {
     throw new TypeError(`sendToAgent: the ${message.type} message is addressed to another agent`);
   }
 }
@@ -237,9 +272,16 @@ export function checkAgentId(agentId: string): void {
   }
 }
 
-export function checkRequest(request: AttestationRequest): void {
-  if (typeof request !== "object" || request === null || typeof request.requestId !== "string") {
-    throw new TypeError("sendRequest: request must be an attestation-request message");
+export function checkRequest(request: AgentRequest): void {
+  if (typeof request !== "object" || request === null) {
+    throw new TypeError("sendRequest: request must be a message");
+  }
+  if (request.type === "challenge-request") {
+    checkAgentId(request.agentId);
+    return;
+  }
+  if (request.type !== "attestation-request" || typeof request.requestId !== "string") {
+    throw new TypeError("sendRequest: request must be a challenge-request or attestation-request message");
   }
 }
 

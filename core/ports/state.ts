@@ -15,7 +15,8 @@
 import type { Violation } from "../errors.js";
 import type { Measurement, Message, TeeKind } from "../messages/index.js";
 
-export type AgentStatus = "trusted" | "untrusted" | "revoked";
+/** `new`: challenged, never attested; the others as their names say. */
+export type AgentStatus = "new" | "trusted" | "untrusted" | "revoked";
 
 /** The challenge an agent must answer: a fresh nonce and the time by which to answer it. */
 export interface PendingChallenge {

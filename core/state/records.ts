@@ -36,7 +36,7 @@ const agentState = z.object({
   agentId: id,
   workload: id,
   tee: z.enum(["sevsnp", "sgx"]),
-  status: z.enum(["trusted", "untrusted", "revoked"]),
+  status: z.enum(["new", "trusted", "untrusted", "revoked"]),
   statusReason: code.optional(),
   lastAttestedAt: date.optional(),
   attestedUntil: date.optional(),

@@ -8,7 +8,7 @@
 import { X509Certificate, type KeyObject } from "node:crypto";
 import { z } from "zod";
 import { ShieldError } from "../errors.js";
-import { derToPem } from "../x509/certificate.js";
+import { derToPem, readablePublicKey } from "../x509/certificate.js";
 
 /** One usable signing key from a `/certs` document. */
 export interface MaaSigningKey {
@@ -116,7 +116,13 @@ function signingKeyOf(certificateBase64: string): MaaSigningKey {
       "certs document holds an x5c entry that is not exactly one certificate",
     );
   }
-  const key = certificate.publicKey;
+  const key = readablePublicKey(certificate);
+  if (key === undefined) {
+    throw new ShieldError(
+      "ERR_JWKS_MALFORMED",
+      "certs document holds a certificate whose key does not decode",
+    );
+  }
   if (key.asymmetricKeyType !== "rsa") {
     throw new ShieldError(
       "ERR_JWKS_MALFORMED",

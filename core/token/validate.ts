@@ -7,6 +7,7 @@
  * This sits on the release path for every key, so the per-call work beyond the signature check
  * is kept to a few string comparisons and, with runtime data, one hash and one small JSON parse.
  */
+import { isUtf8 } from "node:buffer";
 import { hash } from "node:crypto";
 import type { KeyObject } from "node:crypto";
 import { compactVerify, errors as joseErrors } from "jose";
@@ -95,8 +96,10 @@ export function maaTokenHash(token: string): string {
  *    take the clock skew (ERR_TOKEN_EXPIRED, ERR_TOKEN_NOT_YET_VALID);
  * 7. `nonce` equals the expected nonce, compared as strings, when one is expected (ERR_TOKEN_NONCE);
  * 8. when runtime data is given: the report-data claim is SHA-256 of it (`x-ms-sevsnpvm-reportdata`
- *    = hash then 32 zero bytes; `x-ms-sgx-report-data` starts with the hash), and when the runtime
- *    data is JSON and the token has `x-ms-runtime`, their `keys` are equal (ERR_TOKEN_RUNTIME_DATA);
+ *    = hash then 32 zero bytes; `x-ms-sgx-report-data` starts with the hash), and when the token
+ *    has `x-ms-runtime` (MAA read the runtime data as JSON), the runtime data is a UTF-8 JSON
+ *    object (no byte-order mark, no other top-level type) whose `keys` equal the token's
+ *    (ERR_TOKEN_RUNTIME_DATA). Binary runtime data yields no `x-ms-runtime`, so no key to compare;
  * 9. the attestation type claim is present and equals `requireAttestationType` when given
  *    (ERR_TOKEN_CLAIMS).
  */
@@ -447,15 +450,19 @@ function checkRuntimeData(teeClaims: JsonObject, runtimeData: Uint8Array): void 
   if (sgx !== undefined && !(startsWithDigest(sgx, digest) && HEX_64_BYTES.test(sgx))) {
     violations.push({ field: SGX_REPORT_DATA, expected: `${digest} then 32 bytes`, actual: describe(sgx) });
   }
-  const runtime = teeClaims["x-ms-runtime"];
-  if (runtime !== undefined) {
-    const runtimeJson = parseRuntimeJson(runtimeData);
-    if (runtimeJson !== undefined) {
-      const tokenKeys = isObject(runtime) ? runtime.keys : undefined;
-      if (!jsonEqual(tokenKeys, runtimeJson.keys)) {
+  const tokenRuntime = teeClaims["x-ms-runtime"];
+  if (tokenRuntime !== undefined) {
+    // The token binds a key: it is always compared. Runtime data that does not read as a JSON
+    // object here is refused, never taken as binary, or the comparison would be skipped.
+    const runtime = parseRuntimeJson(runtimeData);
+    if ("problem" in runtime) {
+      violations.push({ field: "runtimeData", expected: "a UTF-8 JSON object", actual: runtime.problem });
+    } else {
+      const tokenKeys = isObject(tokenRuntime) ? tokenRuntime.keys : undefined;
+      if (!jsonEqual(tokenKeys, runtime.json.keys)) {
         violations.push({
           field: "x-ms-runtime.keys",
-          expected: describeKeys(runtimeJson.keys),
+          expected: describeKeys(runtime.json.keys),
           actual: describeKeys(tokenKeys),
         });
       }
@@ -475,20 +482,25 @@ function startsWithDigest(reportData: unknown, digest: string): reportData is st
   );
 }
 
-/** The runtime data as a JSON object, or undefined when it is binary (not a UTF-8 JSON object). */
-function parseRuntimeJson(runtimeData: Uint8Array): JsonObject | undefined {
-  let first = 0;
-  while (first < runtimeData.length && JSON_WHITESPACE.has(runtimeData[first]!)) first += 1;
-  if (runtimeData[first] !== 0x7b) return undefined; // "{"
-  try {
-    const value: unknown = JSON.parse(utf8.decode(runtimeData));
-    return isObject(value) ? value : undefined;
-  } catch {
-    return undefined;
+/**
+ * The runtime data as a JSON object, or why it is not one. A byte-order mark is refused rather
+ * than skipped (RFC 8259 §8.1), and so is invalid UTF-8, which a lenient decoder would silently
+ * replace.
+ */
+function parseRuntimeJson(runtimeData: Uint8Array): { json: JsonObject } | { problem: string } {
+  if (runtimeData[0] === 0xef && runtimeData[1] === 0xbb && runtimeData[2] === 0xbf) {
+    return { problem: "starts with a UTF-8 byte-order mark" };
   }
+  if (!isUtf8(runtimeData)) return { problem: "not valid UTF-8" };
+  let value: unknown;
+  try {
+    value = JSON.parse(utf8.decode(runtimeData));
+  } catch {
+    return { problem: "not JSON" };
+  }
+  if (isObject(value)) return { json: value };
+  return { problem: `JSON ${value === null ? "null" : Array.isArray(value) ? "array" : typeof value}` };
 }
-
-const JSON_WHITESPACE = new Set([0x20, 0x09, 0x0a, 0x0d]);
 
 /** Structural JSON equality; member order does not matter (MAA re-serialises `x-ms-runtime`). */
 function jsonEqual(a: unknown, b: unknown): boolean {

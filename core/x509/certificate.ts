@@ -62,12 +62,27 @@ function looksLikePem(bytes: Uint8Array | string): boolean {
 }
 
 /**
+ * The certificate's public key, or undefined when it does not decode. Node decodes the key only
+ * when asked, so a certificate can parse while its key (an EC point off the curve, a truncated
+ * RSA modulus) cannot: every caller that uses the key of an untrusted certificate asks here.
+ */
+export function readablePublicKey(cert: X509Certificate): KeyObject | undefined {
+  try {
+    return cert.publicKey;
+  } catch {
+    return undefined;
+  }
+}
+
+export type CertificateErrorCode = "ERR_INPUT_MALFORMED" | "ERR_EVIDENCE_MALFORMED" | "ERR_EVIDENCE_CHAIN";
+
+/**
  * Loads one certificate from PEM or DER bytes. Throws `code` (default ERR_INPUT_MALFORMED) when
- * the bytes are not a certificate.
+ * the bytes are not a certificate or its public key does not decode.
  */
 export function loadCertificate(
   bytes: Uint8Array | string,
-  code: "ERR_INPUT_MALFORMED" | "ERR_EVIDENCE_MALFORMED" | "ERR_EVIDENCE_CHAIN" = "ERR_INPUT_MALFORMED",
+  code: CertificateErrorCode = "ERR_INPUT_MALFORMED",
 ): X509Certificate {
   const der = looksLikePem(bytes)
     ? pemToDerList(typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("latin1"))[0]
@@ -75,18 +90,26 @@ export function loadCertificate(
       ? undefined
       : Buffer.from(bytes);
   if (der === undefined) throw new ShieldError(code, "no certificate found in input");
+  let cert: X509Certificate;
   try {
-    return certificateFromDer(der);
+    cert = certificateFromDer(der);
   } catch (cause) {
     throw new ShieldError(code, "input is not a valid X.509 certificate", { cause });
   }
+  if (readablePublicKey(cert) === undefined) {
+    throw new ShieldError(code, "certificate public key does not decode");
+  }
+  return cert;
 }
 
-/** Loads every certificate of a PEM bundle (or a single DER certificate). */
-export function loadCertificates(bytes: Uint8Array | string): X509Certificate[] {
-  if (!looksLikePem(bytes)) return [loadCertificate(bytes)];
+/** Loads every certificate of a PEM bundle (or a single DER certificate); errors as {@link loadCertificate}. */
+export function loadCertificates(
+  bytes: Uint8Array | string,
+  code: CertificateErrorCode = "ERR_INPUT_MALFORMED",
+): X509Certificate[] {
+  if (!looksLikePem(bytes)) return [loadCertificate(bytes, code)];
   const text = typeof bytes === "string" ? bytes : Buffer.from(bytes).toString("latin1");
-  return pemToDerList(text).map((der) => loadCertificate(der));
+  return pemToDerList(text).map((der) => loadCertificate(der, code));
 }
 
 /** Extensions by OID, read from the certificate's DER. */
@@ -183,6 +206,11 @@ export interface CertificateSpec {
   readonly notBefore: Date;
   readonly notAfter: Date;
   readonly publicKey: KeyObject;
+  /**
+   * SubjectPublicKeyInfo DER to embed instead of `publicKey`'s, taken as given: for tests of
+   * certificates whose key does not decode.
+   */
+  readonly subjectPublicKeyInfo?: Uint8Array;
   readonly signingKey: KeyObject;
   readonly signatureAlgorithm: CertSignatureAlgorithm;
   /** Marks the certificate as a CA (basicConstraints cA=TRUE, keyUsage keyCertSign). */
@@ -193,7 +221,10 @@ export interface CertificateSpec {
 /** Builds and signs a v3 certificate; returns it parsed by Node. */
 export function buildCertificate(spec: CertificateSpec): X509Certificate {
   const publicKey = spec.publicKey.type === "public" ? spec.publicKey : createPublicKey(spec.publicKey);
-  const spki = publicKey.export({ type: "spki", format: "der" });
+  const spki =
+    spec.subjectPublicKeyInfo === undefined
+      ? publicKey.export({ type: "spki", format: "der" })
+      : Buffer.from(spec.subjectPublicKeyInfo);
   const extensions: ExtensionSpec[] = [];
   if (spec.isCa) {
     extensions.push({ oid: "2.5.29.19", critical: true, value: seq(boolean(true)) });

@@ -9,7 +9,8 @@ import { createAttestHandler, type AttestDelivery, type AttestOutcome } from "..
 import type { Logger } from "../../core/ports/logger.js";
 import type { AgentChannel } from "../../core/ports/bus.js";
 import type { StateStore } from "../../core/ports/state.js";
-import { systemClock } from "../../core/ports/clock.js";
+import { systemClock, systemRandom } from "../../core/ports/clock.js";
+import { createControlChannel } from "../../core/control/signed.js";
 import { retrying, type RetryPolicy } from "../../core/retry.js";
 import { createCachedSigningKeys } from "../../core/token/index.js";
 import { readSettings, type FunctionsSettings } from "./settings.js";
@@ -102,6 +103,12 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
   const keys = createKeyVaultKeyStore({ vaultUrl: settings.keyVaultUrl, credential: keyVaultCredential });
   const state = await buildState(settings, credential);
   const agents = await buildAgentChannel(settings, credential);
+  const { createKeyVaultControlSigner } = await import("../../adapters/keyvault/control-signer.js");
+  const controlSigner = createKeyVaultControlSigner({
+    keyId: settings.controlKey.keyId,
+    algorithm: settings.controlKey.algorithm,
+    credential: keyVaultCredential,
+  });
   const tokenKeys = createCachedSigningKeys({
     issuer: settings.maaEndpoint,
     // The resolver asks only for `<issuer>/certs`; the MAA client fetches exactly that.
@@ -114,8 +121,15 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
       keys: retrying(keys, INVOCATION_RETRY),
       tokenKeys,
       state: retrying(state, INVOCATION_RETRY),
-      agents: retrying(agents, INVOCATION_RETRY),
+      agents: createControlChannel({
+        transport: retrying(agents, INVOCATION_RETRY),
+        signer: retrying(controlSigner, INVOCATION_RETRY),
+        clock: systemClock,
+        random: systemRandom,
+        ttlSeconds: settings.controlMessageTtlSeconds,
+      }),
       clock: systemClock,
+      random: systemRandom,
       logger: logs.logger,
     },
     {
@@ -125,6 +139,7 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
       encryption: settings.releaseEncryption,
       maxDeliveryCount: settings.maxDeliveryCount,
       maxResultBytes: agents.maxBodyBytes,
+      challengeSeconds: settings.challengeSeconds,
     },
   );
   return {

@@ -8,6 +8,7 @@ import { z } from "zod";
 import { ShieldError, type Violation } from "../../core/errors.js";
 import { parseAppraisalPolicy, type AppraisalPolicy } from "../../core/appraisal/index.js";
 import { RELEASE_ENCRYPTIONS, type ReleaseEncryption } from "../../core/keywrap/index.js";
+import { CONTROL_ALGORITHMS, type ControlAlgorithm } from "../../core/ports/control-signer.js";
 
 const url = z.string().url();
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
@@ -34,6 +35,13 @@ const schema = z.object({
     .enum(RELEASE_ENCRYPTIONS as unknown as [ReleaseEncryption, ...ReleaseEncryption[]])
     .default("RSA_AES_KEY_WRAP_256"),
   SHIELD_MAX_DELIVERY_COUNT: positiveInt(10),
+  /** The control-plane signing key, with its version: `https://<vault>/keys/<name>/<version>`. */
+  SHIELD_CONTROL_KEY_ID: url,
+  SHIELD_CONTROL_KEY_ALGORITHM: z
+    .enum(CONTROL_ALGORITHMS as unknown as [ControlAlgorithm, ...ControlAlgorithm[]])
+    .default("ES256"),
+  SHIELD_CHALLENGE_SECONDS: z.coerce.number().int().min(10).max(3600).default(300),
+  SHIELD_CONTROL_MESSAGE_TTL_SECONDS: z.coerce.number().int().min(60).max(86_400).default(900),
 });
 
 export interface FunctionsSettings {
@@ -60,6 +68,9 @@ export interface FunctionsSettings {
   readonly attestationPeriodSeconds: number;
   readonly releaseEncryption: ReleaseEncryption;
   readonly maxDeliveryCount: number;
+  readonly controlKey: { readonly keyId: string; readonly algorithm: ControlAlgorithm };
+  readonly challengeSeconds: number;
+  readonly controlMessageTtlSeconds: number;
 }
 
 function configError(violations: Violation[]): ShieldError {
@@ -135,5 +146,8 @@ export function readSettings(env: Readonly<Record<string, string | undefined>>):
     attestationPeriodSeconds: s.SHIELD_ATTESTATION_PERIOD_SECONDS,
     releaseEncryption: s.SHIELD_RELEASE_ENCRYPTION,
     maxDeliveryCount: s.SHIELD_MAX_DELIVERY_COUNT,
+    controlKey: { keyId: s.SHIELD_CONTROL_KEY_ID, algorithm: s.SHIELD_CONTROL_KEY_ALGORITHM },
+    challengeSeconds: s.SHIELD_CHALLENGE_SECONDS,
+    controlMessageTtlSeconds: s.SHIELD_CONTROL_MESSAGE_TTL_SECONDS,
   };
 }

@@ -15,6 +15,14 @@ import {
 import { createSimulatedSgxPlatform, type SimulatedSgxPlatform } from "../../core/evidence/simulated/sgx.js";
 import { createMaaTokenIssuer, type MaaTokenIssuer } from "../../core/token/index.js";
 import { derToPem } from "../../core/x509/certificate.js";
+import {
+  malformedSgxChain,
+  malformedSnpChain,
+  offCurveP256Point,
+  textForms,
+  type MalformedSgxChain,
+  type MalformedSnpChain,
+} from "../support/malformed-evidence.js";
 
 interface Run {
   code: number;
@@ -519,6 +527,44 @@ describe("shield policy render | test | diff", () => {
     ]);
   });
 
+  it("answers 'would not release' (exit 1) for claims without iss: no authority matches", async () => {
+    const { iss: _iss, ...noIss } = claims();
+    for (const [name, body] of [
+      ["c-noiss.json", noIss],
+      ["c-numiss.json", { ...noIss, iss: 42 }],
+    ] as const) {
+      const r = await shield(
+        "policy",
+        "test",
+        "--policy",
+        policyPath,
+        "--claims",
+        file(name, JSON.stringify(body)),
+        "--json",
+      );
+      expect(r.code).toBe(1);
+      expect(r.json["ok"]).toBe(false);
+      expect(r.json["error"]).toBeUndefined();
+      expect(r.json["released"]).toBe(false);
+      expect(r.json["summary"]).toMatch(/no iss, so no authority matches/);
+      expect(r.json["violations"]).toEqual([
+        { field: "iss", expected: `one of ${ISSUER}`, actual: "(missing)" },
+      ]);
+      const authorities = r.json["authorities"] as { issuerMatched: boolean; result: string }[];
+      expect(authorities.map((a) => [a.issuerMatched, a.result])).toEqual([[false, "issuer-mismatch"]]);
+    }
+    const text = await shield(
+      "policy",
+      "test",
+      "--policy",
+      policyPath,
+      "--claims",
+      file("c-noiss2.json", JSON.stringify(noIss)),
+    );
+    expect(text.code).toBe(1);
+    expect(text.stdout[0]).toMatch(/^not released: the claims have no iss/);
+  });
+
   it("evaluates a signed token against the policy", async () => {
     const { iss: _iss, ...rest } = claims();
     const token = await maa.issue(rest, { at: new Date(AT) });
@@ -573,5 +619,104 @@ describe("shield policy render | test | diff", () => {
     );
     expect(r.code).toBe(1);
     expect(errorCode(r)).toBe("ERR_POLICY_MALFORMED");
+  });
+});
+
+describe("shield evidence verify: certificates and keys that do not decode", () => {
+  let badSnp: MalformedSnpChain;
+  let badSgx: MalformedSgxChain;
+
+  beforeAll(() => {
+    badSnp = malformedSnpChain();
+    badSgx = malformedSgxChain();
+  });
+
+  /** Exit 1 with the typed code in JSON, no stack trace, none of the key's bytes. */
+  function expectRefused(r: Run, code: string, point: Buffer): void {
+    expect(r.code).toBe(1);
+    expect(r.json["ok"]).toBe(false);
+    expect(errorCode(r)).toBe(code);
+    const out = [...r.stdout, ...r.stderr].join("\n");
+    expect(out).not.toMatch(/\n\s+at /);
+    for (const form of textForms(point.subarray(1, 17))) expect(out).not.toContain(form);
+  }
+
+  const sevsnp = (vcek: string, chain: string, root: string) =>
+    shield(
+      "evidence",
+      "verify",
+      "--tee",
+      "sevsnp",
+      "--report",
+      file("malformed-report.bin", snp.signReport({})),
+      "--vcek",
+      vcek,
+      "--chain",
+      chain,
+      "--root",
+      root,
+      "--at",
+      AT,
+      "--json",
+    );
+
+  it("exits 1 with ERR_EVIDENCE_CHAIN for a VCEK whose key is a P-384 point off the curve", async () => {
+    const r = await sevsnp(
+      file("offcurve-vcek.pem", derToPem(badSnp.offCurveVcek.raw)),
+      file("offcurve-chain.pem", derToPem(badSnp.ask.raw) + derToPem(badSnp.ark.raw)),
+      file("offcurve-ark.pem", derToPem(badSnp.ark.raw)),
+    );
+    expectRefused(r, "ERR_EVIDENCE_CHAIN", badSnp.point);
+  });
+
+  it("exits 1 with ERR_EVIDENCE_CHAIN for a garbage or truncated certificate in the chain", async () => {
+    const ask = snp.intermediate.raw;
+    for (const [name, chain] of [
+      ["garbage-chain.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"],
+      ["truncated-chain.pem", derToPem(ask.subarray(0, ask.length - 1)) + derToPem(snp.ark.raw)],
+    ] as const) {
+      const r = await sevsnp(
+        file("good-vcek.pem", snp.leafPem),
+        file(name, chain),
+        file("good-ark.pem", derToPem(snp.ark.raw)),
+      );
+      expectRefused(r, "ERR_EVIDENCE_CHAIN", badSnp.point);
+    }
+  });
+
+  const sgxVerify = (quote: Buffer, root: string) =>
+    shield(
+      "evidence",
+      "verify",
+      "--tee",
+      "sgx",
+      "--quote",
+      file("malformed-quote.bin", quote),
+      "--root",
+      root,
+      "--at",
+      AT,
+      "--json",
+    );
+
+  it("exits 1 with ERR_EVIDENCE_CHAIN for an SGX PCK certificate with a bad key", async () => {
+    const quote = sgx.generateQuote({}, { pckChain: badSgx.pckChain });
+    const r = await sgxVerify(quote, file("bad-sgx-root.pem", derToPem(badSgx.root.raw)));
+    expectRefused(r, "ERR_EVIDENCE_CHAIN", badSgx.point);
+  });
+
+  it("exits 1 with ERR_EVIDENCE_MALFORMED for an SGX attestation key off the curve", async () => {
+    const point = offCurveP256Point();
+    const quote = sgx.generateQuote({}, { attestationKey: point });
+    const r = await sgxVerify(quote, file("sgx-root-3.pem", derToPem(sgx.rootCertificate.raw)));
+    expectRefused(r, "ERR_EVIDENCE_MALFORMED", Buffer.concat([Buffer.from([4]), point]));
+  });
+
+  it("exits 1 with ERR_INPUT_MALFORMED for a --root whose key does not decode", async () => {
+    const r = await sgxVerify(
+      sgx.generateQuote({}),
+      file("offcurve-root.pem", derToPem(badSgx.pckChain[0]!.raw)),
+    );
+    expectRefused(r, "ERR_INPUT_MALFORMED", badSgx.point);
   });
 });

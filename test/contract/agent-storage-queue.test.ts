@@ -14,7 +14,7 @@ import {
 import { ShieldError } from "../../core/errors.js";
 import { makeAttestationResult } from "../../core/messages/index.js";
 import { azuriteConnectionString } from "../support/storage.js";
-import { request } from "./bus.contract.js";
+import { challengeRequest, control, expectSignedBody, request } from "./bus.contract.js";
 
 /** Queue names no other test uses: a letter-led random prefix on every queue. */
 function isolatedQueues(): { requestsQueue: string; agentQueuePrefix: string } {
@@ -72,6 +72,23 @@ describe("the agent's Storage Queue REST client against Azurite and the SDK adap
     await receiver.close();
   });
 
+  it("sends a challenge request the SDK adapter's request receiver gets with an identical body", async () => {
+    const { rest, sdk } = open();
+    const sent = challengeRequest("payments.pod-7f9c:0");
+    await rest.requests.sendRequest(sent);
+    const raw = QueueServiceClient.fromConnectionString(azuriteConnectionString()).getQueueClient(
+      sdk.requestsQueue,
+    );
+    const [peeked] = (await raw.peekMessages({ numberOfMessages: 1 })).peekedMessageItems;
+    expect(peeked?.messageText).toBe(Buffer.from(JSON.stringify(sent), "utf8").toString("base64"));
+    const receiver = sdk.openRequestReceiver();
+    const got = await receiver.receive(5_000);
+    expect(got?.body).toEqual(sent);
+    await got?.complete();
+    expect(await receiver.receive(200)).toBeUndefined();
+    await receiver.close();
+  });
+
   it("receives what the SDK adapter sends to the agent, identical, and deletes it", async () => {
     const { rest, sdk } = open();
     const agentId = "payments.pod-7f9c:0";
@@ -82,10 +99,12 @@ describe("the agent's Storage Queue REST client against Azurite and the SDK adap
       attestedUntil: new Date("2026-03-01T13:00:00Z"),
       sentAt: new Date("2026-03-01T12:00:00Z"),
     });
-    await sdk.sendToAgent(agentId, message);
+    const signed = await control.sign(message);
+    await sdk.sendToAgent(agentId, signed);
     const inbox = rest.openInbox(agentId);
     const got = await inbox.receive(5_000);
-    expect(got?.body).toEqual(JSON.parse(JSON.stringify(message)));
+    // The JWS text byte for byte, verifying as this agent to the message that was signed.
+    await expectSignedBody(got?.body, signed, message);
     expect(got?.deliveryCount).toBe(1);
     expect(got?.enqueuedAt).toBeInstanceOf(Date);
     // Deleted, not merely hidden: the SDK's own inbox on the same queue sees nothing either.

@@ -1,20 +1,30 @@
 /**
  * The bus contract: every local transport (the in-process one and Storage Queues) must pass
  * these tests unchanged. Each test gets a fresh bus with queues no other test uses, so files can
- * run in parallel against one Azurite.
+ * run in parallel against one Azurite. Requests travel as JSON; messages to agents travel signed
+ * by the test control plane, and arrive as their JWS text, byte for byte, still verifying.
  */
 import { randomBytes, randomUUID } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
+import { verifyControlMessage } from "../../core/control/signed.js";
 import { ShieldError } from "../../core/errors.js";
 import {
   makeAttestationRequest,
   makeAttestationResult,
   makeChallenge,
+  makeChallengeRequest,
   makeKeyEvent,
   type AttestationRequest,
+  type ChallengeRequest,
 } from "../../core/messages/index.js";
-import { MAX_DELIVERY_COUNT_EXCEEDED, type LocalBus } from "../../core/ports/bus.js";
+import {
+  MAX_DELIVERY_COUNT_EXCEEDED,
+  type AgentMessage,
+  type LocalBus,
+  type SignedAgentMessage,
+} from "../../core/ports/bus.js";
 import { derToPem } from "../../core/x509/certificate.js";
+import { createTestControlPlane } from "../support/control.js";
 
 export interface BusHarness {
   readonly bus: LocalBus;
@@ -33,6 +43,8 @@ export interface BusHarnessOptions {
 }
 
 const SENT_AT = new Date("2026-03-01T12:00:00Z");
+/** Signs every message to an agent in these tests; agents pin its keys. */
+export const control = createTestControlPlane();
 const b64url = (bytes: number): string => randomBytes(bytes).toString("base64url");
 const pem = (bytes: number): string => derToPem(randomBytes(bytes));
 
@@ -51,9 +63,14 @@ export function request(agentId: string, endorsementChars = 4000): AttestationRe
       uvmEndorsements: randomBytes(endorsementChars).toString("base64url").slice(0, endorsementChars),
     },
     runtimeData: b64url(420),
+    challenge: b64url(32),
     keys: ["payments-db"],
     sentAt: SENT_AT,
   });
+}
+
+export function challengeRequest(agentId: string, sentAt = SENT_AT): ChallengeRequest {
+  return makeChallengeRequest({ agentId, workload: "payments", tee: "sevsnp", sentAt });
 }
 
 /** A request whose JSON is exactly `bytes` long, or one byte less where base64url forbids the length. */
@@ -72,6 +89,32 @@ export function result(agentId: string, requestId = randomUUID()) {
     attestedUntil: new Date(SENT_AT.getTime() + 3_600_000),
     sentAt: SENT_AT,
   });
+}
+
+/** A result signed for its agent by the test control plane. */
+export function signedResult(agentId: string): Promise<SignedAgentMessage> {
+  return control.sign(result(agentId));
+}
+
+/**
+ * A body received by an agent is the signed message's JWS text, byte for byte, and it still
+ * verifies, as the agent it was signed for, to the message that was signed.
+ */
+export async function expectSignedBody(
+  body: unknown,
+  signed: SignedAgentMessage,
+  message?: AgentMessage,
+): Promise<void> {
+  expect(typeof body).toBe("string");
+  expect(Buffer.from(body as string, "utf8").equals(Buffer.from(signed.jws, "utf8"))).toBe(true);
+  const verified = await verifyControlMessage(body, {
+    keys: control.keys,
+    agentId: signed.agentId,
+    at: new Date(),
+  });
+  expect(verified.messageId).toBe(signed.messageId);
+  expect(verified.message.type).toBe(signed.type);
+  if (message !== undefined) expect(verified.message).toEqual(message);
 }
 
 const agent = (): string => `payments.pod-${randomBytes(4).toString("hex")}:0`;
@@ -111,6 +154,19 @@ export function defineBusContract(
       expect(got?.deliveryCount).toBe(1);
       expect(got?.messageId).toEqual(expect.any(String));
       expect(got?.enqueuedAt).toBeInstanceOf(Date);
+      await got?.complete();
+      expect(await receiver.receive(200)).toBeUndefined();
+      expect(await receiver.readDeadLetters()).toEqual([]);
+    });
+
+    it("carries a challenge request from the agent to the functions unchanged, once", async () => {
+      const { bus } = await harness();
+      const receiver = bus.openRequestReceiver();
+      const sent = challengeRequest(agent());
+      await bus.sendRequest(sent);
+      const got = await receiver.receive(5_000);
+      expect(got?.body).toEqual(sent);
+      expect(got?.deliveryCount).toBe(1);
       await got?.complete();
       expect(await receiver.receive(200)).toBeUndefined();
       expect(await receiver.readDeadLetters()).toEqual([]);
@@ -187,30 +243,75 @@ export function defineBusContract(
       const [a, b] = [agent(), agent()];
       const inboxA = bus.openAgentInbox(a);
       const inboxB = bus.openAgentInbox(b);
-      const forA = result(a);
-      const forB = makeChallenge({ agentId: b, nonce: b64url(24), deadline: SENT_AT, sentAt: SENT_AT });
+      const messageA = result(a);
+      const messageB = makeChallenge({ agentId: b, nonce: b64url(24), deadline: SENT_AT, sentAt: SENT_AT });
+      const forA = await control.sign(messageA);
+      const forB = await control.sign(messageB);
       await bus.sendToAgent(a, forA);
       await bus.sendToAgent(b, forB);
-      expect((await inboxA.receive(5_000))?.body).toEqual(forA);
+      await expectSignedBody((await inboxA.receive(5_000))?.body, forA, messageA);
       expect(await inboxA.receive(200)).toBeUndefined();
-      expect((await inboxB.receive(5_000))?.body).toEqual(forB);
+      await expectSignedBody((await inboxB.receive(5_000))?.body, forB, messageB);
       expect(await inboxB.receive(200)).toBeUndefined();
     });
 
     it("refuses to post a message addressed to one agent to another", async () => {
       const { bus } = await harness();
       const [a, b] = [agent(), agent()];
-      await expect(bus.sendToAgent(b, result(a))).rejects.toThrow(TypeError);
-      await expect(bus.sendToAgent("not an id!", result(a))).rejects.toThrow(TypeError);
-      // A key event names no agent and goes to whichever agent it is sent to.
+      const forA = await signedResult(a);
+      await expect(bus.sendToAgent(b, forA)).rejects.toThrow(/addressed to another agent/);
+      await expect(bus.sendToAgent("not an id!", forA)).rejects.toThrow(TypeError);
+      // A key event is signed for one agent, like every other message, and goes only to it.
       const event = makeKeyEvent({
+        agentId: b,
         event: "rotated",
         keyName: "payments-db",
         keyVersion: "abc123",
         sentAt: SENT_AT,
       });
-      await bus.sendToAgent(b, event);
-      expect((await bus.openAgentInbox(b).receive(5_000))?.body).toEqual(event);
+      const signedEvent = await control.sign(event);
+      await expect(bus.sendToAgent(a, signedEvent)).rejects.toThrow(/addressed to another agent/);
+      await bus.sendToAgent(b, signedEvent);
+      await expectSignedBody((await bus.openAgentInbox(b).receive(5_000))?.body, signedEvent, event);
+      expect(await bus.openAgentInbox(a).receive(200)).toBeUndefined();
+    });
+
+    it("refuses to carry an unsigned message to an agent", async () => {
+      const { bus } = await harness();
+      const id = agent();
+      const unsigned = result(id);
+      await expect(bus.sendToAgent(id, unsigned as unknown as SignedAgentMessage)).rejects.toThrow(
+        /must be signed/,
+      );
+      const signed = await signedResult(id);
+      const notCompact = { ...signed, jws: JSON.stringify(unsigned) };
+      await expect(bus.sendToAgent(id, notCompact)).rejects.toThrow(/must be signed/);
+      expect(await bus.openAgentInbox(id).receive(200)).toBeUndefined();
+    });
+
+    it("carries a relabelled signed message only as what it is: the agent it reaches refuses it", async () => {
+      const { bus } = await harness();
+      const [a, b] = [agent(), agent()];
+      const forA = await signedResult(a);
+      // The wrapper names b, so the transport takes it; the signature still names a.
+      await bus.sendToAgent(b, { ...forA, agentId: b });
+      const got = await bus.openAgentInbox(b).receive(5_000);
+      expect(got?.body).toBe(forA.jws);
+      await expect(
+        verifyControlMessage(got?.body, { keys: control.keys, agentId: b, at: new Date() }),
+      ).rejects.toMatchObject({ code: "ERR_CONTROL_AUDIENCE" });
+    });
+
+    it("hands on an unsigned JSON message put on an agent's queue as the object, which no agent accepts", async () => {
+      const harnessed = await harness();
+      const id = agent();
+      const forged = result(id);
+      await harnessed.putRawAgentMessage(id, JSON.stringify(forged));
+      const got = await harnessed.bus.openAgentInbox(id).receive(5_000);
+      expect(got?.body).toEqual(forged);
+      await expect(
+        verifyControlMessage(got?.body, { keys: control.keys, agentId: id, at: new Date() }),
+      ).rejects.toMatchObject({ code: "ERR_CONTROL_MALFORMED" });
     });
 
     it("returns undefined when nothing arrives in time, without hanging", async () => {
@@ -245,21 +346,23 @@ export function defineBusContract(
       const id = agent();
       const inbox = bus.openAgentInbox(id);
       const waiting = inbox.receive(10_000);
-      const sent = result(id);
+      const sent = await signedResult(id);
       await bus.sendToAgent(id, sent);
-      expect((await waiting)?.body).toEqual(sent);
+      await expectSignedBody((await waiting)?.body, sent);
     });
 
     it("delivers each agent's messages (in order where the transport promises it)", async () => {
       const { bus, fifo } = await harness();
       const id = agent();
       const inbox = bus.openAgentInbox(id);
-      const sent = Array.from({ length: 5 }, () => result(id));
+      const sent = await Promise.all(Array.from({ length: 5 }, () => signedResult(id)));
       for (const message of sent) await bus.sendToAgent(id, message);
       const got: unknown[] = [];
       for (let index = 0; index < sent.length; index++) got.push((await inbox.receive(5_000))?.body);
-      if (fifo) expect(got).toEqual(sent);
-      else expect(got).toEqual(expect.arrayContaining(sent));
+      const texts = sent.map((message) => message.jws);
+      if (fifo) expect(got).toEqual(texts);
+      else expect([...(got as string[])].sort()).toEqual([...texts].sort());
+      for (const body of got) await expectSignedBody(body, sent[texts.indexOf(body as string)]!);
       expect(await inbox.receive(200)).toBeUndefined();
     });
 
@@ -267,11 +370,11 @@ export function defineBusContract(
       const { bus } = await harness();
       const id = agent();
       const inbox = bus.openAgentInbox(id);
-      const sent = result(id);
+      const sent = await signedResult(id);
       await bus.sendToAgent(id, sent);
       await bus.sendToAgent(id, sent);
-      expect((await inbox.receive(5_000))?.body).toEqual(sent);
-      expect((await inbox.receive(5_000))?.body).toEqual(sent);
+      await expectSignedBody((await inbox.receive(5_000))?.body, sent);
+      await expectSignedBody((await inbox.receive(5_000))?.body, sent);
       expect(await inbox.receive(200)).toBeUndefined();
     });
 
@@ -304,8 +407,9 @@ export function defineBusContract(
         },
         sentAt: SENT_AT,
       });
-      expect(Buffer.byteLength(JSON.stringify(overResult))).toBeGreaterThan(maxBodyBytes);
-      await expectCode(bus.sendToAgent(id, overResult), "ERR_INPUT_TOO_LARGE");
+      const signedOver = await control.sign(overResult);
+      expect(Buffer.byteLength(signedOver.jws)).toBeGreaterThan(maxBodyBytes);
+      await expectCode(bus.sendToAgent(id, signedOver), "ERR_INPUT_TOO_LARGE");
       expect(await receiver.receive(200)).toBeUndefined();
       expect(await bus.openAgentInbox(id).receive(200)).toBeUndefined();
     });

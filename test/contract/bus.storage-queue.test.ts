@@ -9,9 +9,10 @@ import {
 } from "../../adapters/storage-queue/queues.js";
 import { ShieldError } from "../../core/errors.js";
 import { makeAttestationResult } from "../../core/messages/index.js";
+import { agentMessageId, requestMessageId } from "../../core/ports/bus.js";
 import type { LogFields, LogLevel } from "../../core/ports/logger.js";
 import { azuriteConnectionString } from "../support/storage.js";
-import { defineBusContract, request } from "./bus.contract.js";
+import { challengeRequest, control, defineBusContract, expectSignedBody, request } from "./bus.contract.js";
 
 /** Queue names no other test uses: a letter-led random prefix on every queue. */
 function isolatedQueues(): Pick<StorageQueueBusOptions, "requestsQueue" | "agentQueuePrefix"> {
@@ -70,6 +71,8 @@ describe("Storage queue bus specifics", () => {
       attestedUntil: new Date("2026-03-01T13:00:00Z"),
       sentAt: new Date("2026-03-01T12:00:00Z"),
     });
+  const peekText = async (queueName: string): Promise<string> =>
+    (await rawQueue(queueName).peekMessages()).peekedMessageItems[0]?.messageText ?? "";
 
   it("names each agent's queue agent- plus 40 hex of sha256 of its id", () => {
     expect(agentQueueName("payments.pod-7f9c:0")).toMatch(/^agent-[0-9a-f]{40}$/);
@@ -92,15 +95,32 @@ describe("Storage queue bus specifics", () => {
     }
   });
 
-  it("stores bodies as base64 of their JSON, as the Functions queue trigger reads them", async () => {
+  it("stores a signed message as base64 of its JWS text, as the Functions queue trigger reads it", async () => {
     const bus = open();
     const id = "payments.pod-1:0";
-    const sent = result(id);
+    const message = result(id);
+    const sent = await control.sign(message);
     await bus.sendToAgent(id, sent);
-    const peeked = await rawQueue(bus.agentQueue(id)).peekMessages();
-    const text = peeked.peekedMessageItems[0]?.messageText ?? "";
+    const text = await peekText(bus.agentQueue(id));
     expect(text).toMatch(/^[A-Za-z0-9+/]+=*$/);
-    expect(JSON.parse(Buffer.from(text, "base64").toString("utf8"))).toEqual(sent);
+    expect(text).toBe(Buffer.from(sent.jws, "utf8").toString("base64"));
+    const stored = Buffer.from(text, "base64").toString("utf8");
+    await expectSignedBody(stored, sent, message);
+    await expectSignedBody((await bus.openAgentInbox(id).receive(5_000))?.body, sent, message);
+  });
+
+  it("stores requests as base64 of their JSON, a challenge request as well as an attestation request", async () => {
+    const bus = open();
+    for (const sent of [challengeRequest("payments.pod-1:0"), request("payments.pod-1:0")]) {
+      await bus.sendRequest(sent);
+      const text = await peekText(bus.requestsQueue);
+      expect(text).toBe(Buffer.from(JSON.stringify(sent), "utf8").toString("base64"));
+      const receiver = bus.openRequestReceiver();
+      const got = await receiver.receive(5_000);
+      expect(got?.body).toEqual(sent);
+      await got?.complete();
+      await receiver.close();
+    }
   });
 
   it("also reads JSON a producer stored without base64", async () => {
@@ -161,18 +181,28 @@ describe("Storage queue bus specifics", () => {
     const lines: { level: LogLevel; message: string; fields?: LogFields }[] = [];
     const bus = open({ logger: (level, message, fields) => lines.push({ level, message, fields }) });
     const id = "payments.pod-4:0";
-    const sent = result(id);
+    const message = result(id);
+    const sent = await control.sign(message);
     await bus.sendToAgent(id, sent);
     await bus.openAgentInbox(id).receive(5_000);
     const receiver = bus.openRequestReceiver();
+    const asked = challengeRequest(id);
+    await bus.sendRequest(asked);
+    await (await receiver.receive(5_000))?.complete();
     await bus.sendRequest(request(id));
     await (await receiver.receive(5_000))?.deadLetter("ERR_MESSAGE_SCHEMA", "secret-free description");
     const logged = JSON.stringify(lines);
     expect(lines.map((line) => line.message)).toEqual(
       expect.arrayContaining(["bus message sent", "bus message received", "bus message dead-lettered"]),
     );
-    expect(logged).not.toContain(sent.requestId);
-    expect(logged).not.toContain(Buffer.from(JSON.stringify(sent)).toString("base64").slice(0, 40));
+    expect(logged).toContain(agentMessageId(sent));
+    expect(logged).toContain(requestMessageId(asked));
+    const [header, payload, signature] = sent.jws.split(".") as [string, string, string];
+    expect(logged).not.toContain(message.requestId);
+    expect(logged).not.toContain(header.slice(0, 40));
+    expect(logged).not.toContain(payload.slice(0, 40));
+    expect(logged).not.toContain(signature.slice(0, 40));
+    expect(logged).not.toContain(Buffer.from(sent.jws).toString("base64").slice(0, 40));
     expect(logged).not.toContain("secret-free description");
   });
 

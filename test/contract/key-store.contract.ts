@@ -10,7 +10,13 @@ import type { LocalKeyVault } from "../../adapters/local/keyvault/engine.js";
 import { ShieldError } from "../../core/errors.js";
 import { RELEASE_ENCRYPTIONS, parseReleaseResponse, unwrapReleasedKey } from "../../core/keywrap/index.js";
 import type { KeyStore, KeyVersionInfo, ManagedKeyType } from "../../core/ports/key-store.js";
-import type { ReleasePolicy } from "../../core/policy/index.js";
+import {
+  encodeReleasePolicy,
+  evaluateReleasePolicy,
+  parseReleasePolicy,
+  releasePolicyToJson,
+  type ReleasePolicy,
+} from "../../core/policy/index.js";
 import type { KeyVaultFixture } from "./key-store.fixtures.js";
 
 export interface KeyStoreHarness {
@@ -193,6 +199,103 @@ export function defineKeyStoreContract(name: string, makeHarness: () => Promise<
           store.release(keyName, token, { version: newer.version, encryption: "RSA_AES_KEY_WRAP_256" }),
           "ERR_POLICY_DENIED",
         );
+      });
+    });
+
+    describe("release-policy guard (DESIGN §6 rule 6)", () => {
+      /**
+       * The rendered policy with its debug condition moved to a path the workload writes itself
+       * (its runtime data): it looks guarded, yet releases to a debuggable VM.
+       */
+      const spoofed = (): ReleasePolicy =>
+        parseReleasePolicy(
+          JSON.parse(
+            JSON.stringify(releasePolicyToJson(policy)).replaceAll(
+              '"x-ms-sevsnpvm-is-debuggable"',
+              '"x-ms-runtime.x-ms-sevsnpvm-is-debuggable"',
+            ),
+          ),
+        );
+
+      /** Writes the spoofed policy behind the adapter's back, as a tool other than Shield could. */
+      const createSpoofedInVault = (keyName: string) =>
+        engine.createKey(keyName, {
+          kty: "oct-HSM",
+          exportable: true,
+          releasePolicy: encodeReleasePolicy(spoofed()),
+        });
+
+      it("the spoofed policy really would release to a debuggable VM", () => {
+        const claims = fixture.claims({
+          "x-ms-sevsnpvm-is-debuggable": true,
+          "x-ms-runtime": { keys: [fixture.agentJwk], "x-ms-sevsnpvm-is-debuggable": false },
+        });
+        expect(evaluateReleasePolicy(spoofed(), { issuer: fixture.trusted.issuer, claims }).released).toBe(
+          true,
+        );
+        expect(evaluateReleasePolicy(policy, { issuer: fixture.trusted.issuer, claims }).released).toBe(
+          false,
+        );
+      });
+
+      it("createKey refuses it with ERR_POLICY_UNSAFE and creates nothing", async () => {
+        const keyName = fixture.uniqueName("spoof-create");
+        const error = await expectCode(
+          store.createKey(keyName, { keyType: "oct-HSM", releasePolicy: spoofed() }),
+          "ERR_POLICY_UNSAFE",
+        );
+        expect(error.transient).toBe(false);
+        expect(error.violations.map((v) => v.field)).toEqual([
+          `anyOf[0] (${fixture.trusted.issuer}) is-debuggable`,
+        ]);
+        await expectCode(store.getKey(keyName), "ERR_CONFIG");
+        // Nor as a new version of an existing key.
+        const first = await store.createKey(keyName, { keyType: "oct-HSM", releasePolicy: policy });
+        await expectCode(
+          store.createKey(keyName, { keyType: "oct-HSM", releasePolicy: spoofed() }),
+          "ERR_POLICY_UNSAFE",
+        );
+        expect((await store.listVersions(keyName)).map((v) => v.version)).toEqual([first.version]);
+      });
+
+      it("updateReleasePolicy refuses it with ERR_POLICY_UNSAFE_CHANGE and leaves the version's policy as it was", async () => {
+        const keyName = fixture.uniqueName("spoof-update");
+        const info = await store.createKey(keyName, { keyType: "oct-HSM", releasePolicy: policy });
+        const error = await expectCode(
+          store.updateReleasePolicy(keyName, info.version, spoofed()),
+          "ERR_POLICY_UNSAFE_CHANGE",
+        );
+        expect(error.violations.map((v) => v.field)).toEqual([
+          `anyOf[0] (${fixture.trusted.issuer}) is-debuggable`,
+        ]);
+        expect((await store.getKey(keyName, info.version)).releasePolicy).toEqual(policy);
+      });
+
+      it("updateReleasePolicy does not let an unsafe current policy excuse an unsafe new one", async () => {
+        const keyName = fixture.uniqueName("spoof-reupdate");
+        const version = (await createSpoofedInVault(keyName)).version;
+        const widened = parseReleasePolicy(
+          JSON.parse(
+            JSON.stringify(
+              releasePolicyToJson(fixture.policy([fixture.hostData, "ab".repeat(32)])),
+            ).replaceAll('"x-ms-sevsnpvm-is-debuggable"', '"x-ms-runtime.x-ms-sevsnpvm-is-debuggable"'),
+          ),
+        );
+        await expectCode(store.updateReleasePolicy(keyName, version, widened), "ERR_POLICY_UNSAFE");
+        expect((await store.getKey(keyName, version)).releasePolicy).toEqual(spoofed());
+        // Repairing it is allowed.
+        const repaired = await store.updateReleasePolicy(keyName, version, policy);
+        expect(repaired.releasePolicy).toEqual(policy);
+      });
+
+      it("rotate refuses to carry it to a new version with ERR_POLICY_UNSAFE and makes no version", async () => {
+        const keyName = fixture.uniqueName("spoof-rotate");
+        const only = await createSpoofedInVault(keyName);
+        const error = await expectCode(store.rotate(keyName), "ERR_POLICY_UNSAFE");
+        expect(error.violations.map((v) => v.field)).toEqual([
+          `anyOf[0] (${fixture.trusted.issuer}) is-debuggable`,
+        ]);
+        expect((await store.listVersions(keyName)).map((v) => v.version)).toEqual([only.version]);
       });
     });
 

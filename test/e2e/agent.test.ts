@@ -7,12 +7,17 @@
  * Vault-compatible server through the real SDK adapters. The application's side is plain HTTP
  * against the key API.
  *
- * Two things this test does by hand that later pieces of the control plane will do:
+ * Everything the functions side sends the agent is signed with the control-plane key, a
+ * non-exportable key in the local Key Vault used through the real SDK's `sign`; the agent pins
+ * its public half (SHIELD_CONTROL_KEYS_FILE) and the vault released keys must name
+ * (SHIELD_KEYVAULT_URL). Two things this test does by hand that later pieces of the control
+ * plane will do, signing them the same way (core/control `createControlChannel` over the
+ * Key Vault control signer and the bus adapter):
  * - key events: the rotation function will send `key-event rotated` (after creating the new
- *   version) and `revoked`; here the test sends them with the bus adapter's `sendToAgent`;
- * - challenges: the re-attestation timer will write the agent's pending challenge into the
- *   state store and then send the `challenge`; here the test does both, through the Table
- *   StateStore adapter and the bus, in that order.
+ *   version) and `revoked`; here the test sends them;
+ * - challenges: the re-attestation timer will issue a challenge (written to the agent's record
+ *   in the state store, then sent); here the test does that with the challenge issuer the attest
+ *   function uses for `challenge-request`s, over the Table StateStore adapter.
  *
  * Every message the agent sends and every log line of the agent, the Functions host and the
  * local servers is captured, and none may hold key material or anything of the runtime key
@@ -28,6 +33,7 @@ import { resetComposition } from "../../functions/composition/root.js";
 import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
 import { startLocalFunctionsHost, type LocalFunctionsHost } from "../../adapters/local/functions-host.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
+import { createKeyVaultControlSigner } from "../../adapters/keyvault/control-signer.js";
 import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../../adapters/local/keyvault/credential.js";
 import { createTableStateStore } from "../../adapters/state/table.js";
@@ -37,18 +43,26 @@ import { reportDataFor } from "../../agent/evidence/provider.js";
 import type { HeldKeyVersion } from "../../agent/held-keys.js";
 import { EXIT_CODES, main, type MainIo } from "../../agent/main.js";
 import { rsaJwkThumbprint, type RuntimePublicJwk } from "../../agent/runtime-key.js";
+import { createChallengeIssuer } from "../../core/attest/challenge.js";
+import { createControlChannel, type AgentSender } from "../../core/control/signed.js";
 import { parseSnpReport } from "../../core/evidence/sevsnp/index.js";
 import {
   createSimulatedSnpPlatform,
   type SimulatedSnpPlatform,
 } from "../../core/evidence/simulated/sevsnp.js";
-import { makeChallenge, makeKeyEvent, type AttestationRequest } from "../../core/messages/index.js";
-import type { RequestChannel } from "../../core/ports/bus.js";
+import {
+  makeChallenge,
+  makeKeyEvent,
+  type AttestationRequest,
+  type ChallengeRequest,
+} from "../../core/messages/index.js";
+import type { AgentRequest, RequestChannel } from "../../core/ports/bus.js";
+import { systemClock, systemRandom } from "../../core/ports/clock.js";
 import type { KeyStore } from "../../core/ports/key-store.js";
 import type { Logger } from "../../core/ports/logger.js";
 import type { StateStore } from "../../core/ports/state.js";
 import { renderReleasePolicy } from "../../core/policy/index.js";
-import { changeAgent } from "../../core/state/agents.js";
+import { createTestControlPlane } from "../support/control.js";
 import { azuriteConnectionString, uniqueTableName } from "../support/storage.js";
 
 const HOST_DATA = "5a".repeat(32);
@@ -59,6 +73,8 @@ const KEYS = [OCT_KEY, RSA_KEY];
 let stack: LocalStack;
 let platform: SimulatedSnpPlatform;
 let hostBus: StorageQueueBus;
+/** The functions' side of the agent channel: signs with the control-plane key, then sends. */
+let hostAgents: AgentSender;
 let host: LocalFunctionsHost;
 let keyStore: KeyStore;
 let state: StateStore;
@@ -70,7 +86,11 @@ const shutdown = new AbortController();
 const agentId = `e2e-agent-${process.pid}-${Date.now().toString(36)}`;
 
 /** Everything that leaves the agent on the bus, and every log line of every part. */
-const sent: AttestationRequest[] = [];
+const sent: AgentRequest[] = [];
+const attestations = (): AttestationRequest[] =>
+  sent.filter((request): request is AttestationRequest => request.type === "attestation-request");
+const challengeRequests = (): ChallengeRequest[] =>
+  sent.filter((request): request is ChallengeRequest => request.type === "challenge-request");
 const logLines: string[] = [];
 const capture =
   (source: string): Logger =>
@@ -143,6 +163,16 @@ beforeAll(async () => {
 
   const polling = { connectionString, requestsQueue, minPollMs: 20, maxPollMs: 200 };
   hostBus = createStorageQueueBus(polling);
+  hostAgents = createControlChannel({
+    transport: hostBus,
+    signer: createKeyVaultControlSigner({
+      keyId: stack.settings["SHIELD_CONTROL_KEY_ID"]!,
+      algorithm: "RS256",
+      credential: localKeyVaultCredential(stack.keyVault.accessToken),
+    }),
+    clock: systemClock,
+    random: systemRandom,
+  });
   host = startLocalFunctionsHost({
     functionName: "attest",
     handler: attest,
@@ -156,6 +186,8 @@ beforeAll(async () => {
   signerDir = await mkdtemp(join(tmpdir(), "shield-e2e-"));
   const signerFile = join(signerDir, "release-signer.pem");
   await writeFile(signerFile, stack.vault.signerCertificates.map((cert) => cert.toString()).join(""));
+  const controlKeysFile = join(signerDir, "control-keys.json");
+  await writeFile(controlKeysFile, JSON.stringify(stack.controlKeys));
   const io: MainIo = { stdout: () => undefined, stderr: (line) => logLines.push(`agent ${line}`) };
   exited = main(
     [],
@@ -168,6 +200,8 @@ beforeAll(async () => {
       SHIELD_STORAGE_CONNECTION_STRING: connectionString,
       SHIELD_REQUEST_QUEUE: requestsQueue,
       SHIELD_RELEASE_SIGNER_CA_FILE: signerFile,
+      SHIELD_CONTROL_KEYS_FILE: controlKeysFile,
+      SHIELD_KEYVAULT_URL: stack.vaultUrl,
       SHIELD_LISTEN: "127.0.0.1:0",
       SHIELD_REATTEST_SECONDS: "0",
       SHIELD_LOG_LEVEL: "debug",
@@ -245,6 +279,14 @@ describe("agent end to end", () => {
     expect(status.state).toBe("trusted");
     expect(new Date(status.attestedUntil).getTime()).toBeGreaterThan(Date.now());
     expect(stack.vault.stats().calls).toBeGreaterThanOrEqual(KEYS.length);
+    // It asked for a challenge first and answered the one the functions signed and recorded.
+    expect(sent[0]).toMatchObject({ type: "challenge-request", agentId, workload: "orders", tee: "sevsnp" });
+    const trusted = attestations().at(-1)!;
+    expect(JSON.parse(Buffer.from(trusted.runtimeData, "base64url").toString("utf8"))).toMatchObject({
+      nonce: trusted.challenge,
+    });
+    expect((await state.getAttestation(agentId, trusted.requestId))?.verdict).toBe("trusted");
+    expect(agent.status().inbox.dropped).toEqual({});
   }, 45_000);
 
   it("(b) after a rotation and a `rotated` event the application gets the new version; the old one stays available", async () => {
@@ -253,9 +295,15 @@ describe("agent end to end", () => {
     expect(rotatedVersion).not.toBe(firstVersion);
     // Until the event arrives the agent keeps serving what it has.
     expect((await getKey(OCT_KEY)).version).toBe(firstVersion);
-    await hostBus.sendToAgent(
+    await hostAgents.sendToAgent(
       agentId,
-      makeKeyEvent({ event: "rotated", keyName: OCT_KEY, keyVersion: rotatedVersion, sentAt: new Date() }),
+      makeKeyEvent({
+        agentId,
+        event: "rotated",
+        keyName: OCT_KEY,
+        keyVersion: rotatedVersion,
+        sentAt: new Date(),
+      }),
     );
     const current = await until(async () => {
       const got = await getKey(OCT_KEY);
@@ -272,18 +320,27 @@ describe("agent end to end", () => {
   });
 
   it("(d) answers a challenge with evidence bound to its nonce and stays trusted", async () => {
-    const nonce = randomBytes(24).toString("base64url");
-    const issuedAt = new Date();
-    const deadline = new Date(Date.now() + 60_000);
-    // What the re-attestation timer will do: record the pending challenge, then send it.
-    await changeAgent(state, agentId, (current) => {
-      if (current === undefined) throw new Error("the agent has no record yet");
-      const { etag: _etag, ...rest } = current;
-      return { ...rest, challenge: { nonce, issuedAt, deadline }, updatedAt: issuedAt };
-    });
     const before = sent.length;
-    await hostBus.sendToAgent(agentId, makeChallenge({ agentId, nonce, deadline, sentAt: issuedAt }));
-    const answer = await until(() => sent.slice(before).find((request) => request.challenge === nonce));
+    const challengeRequestsBefore = challengeRequests().length;
+    // What the re-attestation timer will do: record the pending challenge, then send it signed.
+    const issued = await createChallengeIssuer({
+      state,
+      agents: hostAgents,
+      clock: systemClock,
+      random: systemRandom,
+      logger: capture("challenge-issuer"),
+    }).issue({ agentId, workload: "orders", tee: "sevsnp" });
+    expect(issued.reused).toBe(false);
+    const nonce = issued.nonce;
+    expect((await state.getAgent(agentId))?.challenge?.nonce).toBe(nonce);
+    const answer = await until(() =>
+      sent
+        .slice(before)
+        .find(
+          (request): request is AttestationRequest =>
+            request.type === "attestation-request" && request.challenge === nonce,
+        ),
+    );
     const runtimeData = Buffer.from(answer.runtimeData, "base64url");
     expect(JSON.parse(runtimeData.toString("utf8"))).toEqual({ keys: [publicJwk()], nonce });
     if (answer.evidence.tee !== "sevsnp") throw new Error("sevsnp evidence expected");
@@ -298,15 +355,59 @@ describe("agent end to end", () => {
     await until(async () => ((await state.getAgent(agentId))?.challenge === undefined ? true : undefined));
     await until(() => (agent.state().name === "trusted" ? true : undefined));
     expect((await fetch(`${baseUrl}/readyz`)).status).toBe(200);
+    // The challenge that came was answered as it was: nothing was asked for.
+    expect(challengeRequests().length).toBe(challengeRequestsBefore);
+  });
+
+  it("(e) a revocation or challenge signed by any other key is dropped: still trusted, the key still served", async () => {
+    const served = await getKey(OCT_KEY);
+    expect(served.status).toBe(200);
+    const before = { sent: sent.length, dropped: agent.status().inbox.dropped["ERR_CONTROL_SIGNATURE"] ?? 0 };
+    // Whoever can write to the agent's queue, with a key of their own under the pinned key id.
+    const attacker = createTestControlPlane(stack.controlKeys.keys[0]!["kid"]).channel(hostBus);
+    await attacker.sendToAgent(
+      agentId,
+      makeKeyEvent({
+        agentId,
+        event: "revoked",
+        keyName: OCT_KEY,
+        keyVersion: served.version!,
+        sentAt: new Date(),
+      }),
+    );
+    await attacker.sendToAgent(
+      agentId,
+      makeChallenge({
+        agentId,
+        nonce: randomBytes(32).toString("base64url"),
+        deadline: new Date(Date.now() + 60_000),
+        sentAt: new Date(),
+      }),
+    );
+    await until(() =>
+      agent.status().inbox.dropped["ERR_CONTROL_SIGNATURE"] === before.dropped + 2 ? true : undefined,
+    );
+    expect(agent.state().name).toBe("trusted");
+    expect(agent.keys.wasRevoked(OCT_KEY, served.version!)).toBe(false);
+    const still = await getKey(OCT_KEY);
+    expect(still.status).toBe(200);
+    expect(still.body.equals(served.body)).toBe(true);
+    expect(sent.length).toBe(before.sent);
   });
 
   it("(c) after a `revoked` event the key API refuses the key and the agent holds no key at all", async () => {
     for (const name of KEYS) handedOut.push(agent.keys.get(name)!);
     handedOut.push(agent.keys.get(OCT_KEY, firstVersion)!);
     expect(handedOut.every((key) => key !== undefined && key.material.some((byte) => byte !== 0))).toBe(true);
-    await hostBus.sendToAgent(
+    await hostAgents.sendToAgent(
       agentId,
-      makeKeyEvent({ event: "revoked", keyName: OCT_KEY, keyVersion: rotatedVersion, sentAt: new Date() }),
+      makeKeyEvent({
+        agentId,
+        event: "revoked",
+        keyName: OCT_KEY,
+        keyVersion: rotatedVersion,
+        sentAt: new Date(),
+      }),
     );
     await until(() => (agent.state().name === "revoked" ? true : undefined));
     expect((await getKey(OCT_KEY)).status).toBe(403);
@@ -322,7 +423,8 @@ describe("agent end to end", () => {
 
   it("never sent its private key or an unwrapped key anywhere, and no log line holds either", async () => {
     await host.idle();
-    expect(sent.length).toBeGreaterThanOrEqual(3);
+    expect(attestations().length).toBeGreaterThanOrEqual(3);
+    expect(challengeRequests().length).toBeGreaterThanOrEqual(2);
     expect(material.size).toBeGreaterThanOrEqual(3);
 
     const forms: string[] = [];
@@ -344,14 +446,25 @@ describe("agent end to end", () => {
     // Of the runtime key only the public JWK leaves: every long string in an outgoing message is
     // the runtime data (whose only key is the public JWK), or evidence bound to it.
     const modulus = publicJwk().n;
-    for (const request of sent) {
+    // A challenge request carries its four fields and nothing else.
+    for (const request of challengeRequests()) {
+      expect(Object.keys(request).sort()).toEqual([
+        "agentId",
+        "sentAt",
+        "tee",
+        "type",
+        "version",
+        "workload",
+      ]);
+    }
+    for (const request of attestations()) {
       const runtime = JSON.parse(Buffer.from(request.runtimeData, "base64url").toString("utf8")) as {
         keys: Record<string, unknown>[];
         nonce?: string;
       };
-      expect(Object.keys(runtime).sort()).toEqual(
-        request.challenge === undefined ? ["keys"] : ["keys", "nonce"],
-      );
+      // Every attestation answers a challenge, and its runtime data carries that nonce.
+      expect(Object.keys(runtime).sort()).toEqual(["keys", "nonce"]);
+      expect(runtime.nonce).toBe(request.challenge);
       expect(runtime.keys).toEqual([publicJwk()]);
       expect(Object.keys(runtime.keys[0]!).sort()).toEqual(["e", "key_ops", "kid", "kty", "n"]);
       if (request.evidence.tee !== "sevsnp") throw new Error("sevsnp evidence expected");
@@ -369,7 +482,7 @@ describe("agent end to end", () => {
       }
     }
     // Nor do logs carry evidence or runtime data.
-    for (const request of sent) {
+    for (const request of attestations()) {
       if (request.evidence.tee === "sevsnp")
         expect(everything.replace(outgoing.join("\n"), "")).not.toContain(
           request.evidence.report.slice(0, 80),
@@ -384,7 +497,7 @@ describe("agent end to end", () => {
  * RFC 7638 thumbprint is its kid and the runtime key id the agent reports.
  */
 function publicJwk(): RuntimePublicJwk {
-  const first = sent[0];
+  const first = attestations()[0];
   if (first === undefined) throw new Error("no request sent yet");
   const runtime = JSON.parse(Buffer.from(first.runtimeData, "base64url").toString("utf8")) as {
     keys: [RuntimePublicJwk];

@@ -28,9 +28,12 @@ import { fixedClock } from "../../core/ports/clock.js";
 import { renderReleasePolicy } from "../../core/policy/index.js";
 import {
   makeAttestationRequest,
+  makeChallengeRequest,
   type AttestationRequest,
   type AttestationResult,
 } from "../../core/messages/index.js";
+import { controlKeySet, verifyControlMessage } from "../../core/control/signed.js";
+import type { AgentMessage } from "../../core/ports/bus.js";
 import { createRuntimeKey, type RuntimeKey } from "../../agent/runtime-key.js";
 import { azuriteConnectionString, uniqueTableName } from "../support/storage.js";
 
@@ -49,6 +52,8 @@ const rogueKey = generateKeyPairSync("rsa", { modulusLength: 2048 });
 const logLines: string[] = [];
 const issuedTokens: string[] = [];
 const keyMaterial = new Map<string, Buffer>();
+/** Every body the agents received (signed JWS text), for the leak check. */
+const bodies: string[] = [];
 
 /** Re-signs MAA's token with a key that is not in MAA's /certs, under MAA's kid. */
 function forgingEngine(engine: LocalAttestationEngine): LocalAttestationEngine {
@@ -72,7 +77,8 @@ function forgingEngine(engine: LocalAttestationEngine): LocalAttestationEngine {
 }
 
 let sequence = 0;
-function request(
+/** An attestation request as the agent makes it: a challenge first (unless given), evidence bound to it. */
+async function request(
   fields: {
     hostData?: string;
     debug?: boolean;
@@ -81,17 +87,18 @@ function request(
     agentId?: string;
     challenge?: string;
   } = {},
-): AttestationRequest {
+): Promise<AttestationRequest> {
   sequence++;
-  const runtimeData =
-    fields.challenge === undefined ? runtimeKey.runtimeData : runtimeKey.bindToNonce(fields.challenge);
+  const agentId = fields.agentId ?? `agent-${process.pid}-${sequence}`;
+  const challenge = fields.challenge ?? (await challengeFor(agentId));
+  const runtimeData = runtimeKey.bindToNonce(challenge);
   const report = platform.signReport({
     reportData: fields.reportData ?? runtimeData.reportData.subarray(0, 32),
     hostData: Buffer.from(fields.hostData ?? HOST_DATA, "hex"),
     ...(fields.debug ? { debug: true } : {}),
   });
   return makeAttestationRequest({
-    agentId: fields.agentId ?? `agent-${process.pid}-${sequence}`,
+    agentId,
     requestId: `req-${sequence}-${Date.now()}`,
     workload: "orders",
     tee: "sevsnp",
@@ -103,7 +110,7 @@ function request(
     },
     runtimeData: runtimeData.base64url,
     keys: [...(fields.keys ?? KEYS)],
-    ...(fields.challenge === undefined ? {} : { challenge: fields.challenge }),
+    challenge,
     sentAt: new Date(),
   });
 }
@@ -117,15 +124,39 @@ function context(messageId: string, deliveryCount = 1): InvocationContext {
   });
 }
 
-async function resultFor(agentId: string): Promise<AttestationResult> {
+/** The next message to the agent, verified against the pinned control-plane key as the agent does. */
+async function nextMessage(agentId: string): Promise<{ message: AgentMessage; jws: string }> {
   const inbox = bus.openAgentInbox(agentId);
   try {
     const received = await inbox.receive(10_000);
-    if (received === undefined) throw new Error("no result for the agent");
-    return received.body as AttestationResult;
+    if (received === undefined) throw new Error("no message for the agent");
+    const verified = await verifyControlMessage(received.body, {
+      keys: controlKeySet(stack.controlKeys),
+      agentId,
+      at: new Date(),
+    });
+    bodies.push(String(received.body));
+    return { message: verified.message, jws: String(received.body) };
   } finally {
     await inbox.close();
   }
+}
+
+async function resultFor(agentId: string): Promise<AttestationResult> {
+  const { message } = await nextMessage(agentId);
+  if (message.type !== "attestation-result") throw new Error(`expected a result, got ${message.type}`);
+  return message;
+}
+
+/** The first half of the protocol through the real function: a challenge-request, a signed challenge. */
+async function challengeFor(agentId: string): Promise<string> {
+  await attest(
+    makeChallengeRequest({ agentId, workload: "orders", tee: "sevsnp", sentAt: new Date() }),
+    context(`c-${agentId}-${Date.now()}`),
+  );
+  const { message } = await nextMessage(agentId);
+  if (message.type !== "challenge") throw new Error(`expected a challenge, got ${message.type}`);
+  return message.nonce;
 }
 
 const releases = () => stack.vault.stats().calls;
@@ -181,7 +212,7 @@ beforeEach(() => {
 describe("attest: trusted evidence", () => {
   it("releases each requested key wrapped to the agent's runtime key, and records who got which version", async () => {
     const before = releases();
-    const message = request();
+    const message = await request();
     await attest(message, context("m-good"));
     const result = await resultFor(message.agentId);
     expect(result.verdict).toBe("trusted");
@@ -199,7 +230,7 @@ describe("attest: trusted evidence", () => {
   });
 
   it("answers a redelivered request with the same result and no second release", async () => {
-    const message = request();
+    const message = await request();
     const before = releases();
     await attest(message, context("m-redeliver", 1));
     const first = await resultFor(message.agentId);
@@ -215,7 +246,7 @@ describe("attest: trusted evidence", () => {
   it("retries a transient MAA 503 inside the invocation and still releases", async () => {
     stack.maa.failNext(503, 1);
     const before = releases();
-    const message = request({ keys: ["orders-key"] });
+    const message = await request({ keys: ["orders-key"] });
     await attest(message, context("m-503-once"));
     const result = await resultFor(message.agentId);
     expect(result.verdict).toBe("trusted");
@@ -224,7 +255,7 @@ describe("attest: trusted evidence", () => {
 });
 
 describe("attest: denials name the failing check and release nothing", () => {
-  const cases: [string, () => AttestationRequest, string, string | undefined][] = [
+  const cases: [string, () => Promise<AttestationRequest>, string, string | undefined][] = [
     [
       "a debug-mode report",
       () => request({ debug: true }),
@@ -247,7 +278,7 @@ describe("attest: denials name the failing check and release nothing", () => {
   for (const [name, make, code, field] of cases) {
     it(`denies ${name}`, async () => {
       const before = releases();
-      const message = make();
+      const message = await make();
       await attest(message, context(`m-${name}`));
       const result = await resultFor(message.agentId);
       expect(result.verdict).toBe("denied");
@@ -262,7 +293,7 @@ describe("attest: denials name the failing check and release nothing", () => {
   it("denies a forged token (claims re-signed with a key not in MAA's /certs)", async () => {
     tamper = "forge";
     const before = releases();
-    const message = request({ hostData: OTHER_HOST_DATA });
+    const message = await request({ hostData: OTHER_HOST_DATA });
     await attest(message, context("m-forged"));
     const result = await resultFor(message.agentId);
     expect(result.verdict).toBe("denied");
@@ -273,7 +304,7 @@ describe("attest: denials name the failing check and release nothing", () => {
   it("denies an expired token", async () => {
     maaClock.set(new Date(Date.now() - 9 * 3600 * 1000)); // MAA tokens live 8 hours
     const before = releases();
-    const message = request();
+    const message = await request();
     await attest(message, context("m-expired"));
     const result = await resultFor(message.agentId);
     expect(result.verdict).toBe("denied");
@@ -282,7 +313,7 @@ describe("attest: denials name the failing check and release nothing", () => {
   });
 
   it("records and answers a malformed message instead of dropping it", async () => {
-    const bad = { ...request(), runtimeData: "not base64url!" };
+    const bad = { ...(await request()), runtimeData: "not base64url!" };
     await attest(bad, context("m-malformed"));
     const result = await resultFor(bad.agentId);
     expect(result.verdict).toBe("denied");
@@ -302,40 +333,83 @@ describe("attest: challenges", () => {
   }
 
   it("accepts evidence bound to the pending challenge once, and refuses the same nonce again", async () => {
-    const first = request();
+    const first = await request();
     await attest(first, context("m-ch-initial"));
     expect((await resultFor(first.agentId)).verdict).toBe("trusted");
     const nonce = randomBytes(24).toString("base64url");
     await pendingChallenge(first.agentId, nonce, new Date(Date.now() + 60_000));
-    const answer = request({ agentId: first.agentId, challenge: nonce, keys: ["orders-key"] });
+    const answer = await request({ agentId: first.agentId, challenge: nonce, keys: ["orders-key"] });
     await attest(answer, context("m-ch-answer"));
     const answered = await resultFor(first.agentId);
     expect(answered.verdict).toBe("trusted");
     const before = releases();
-    const replay = request({ agentId: first.agentId, challenge: nonce, keys: ["orders-key"] });
+    const replay = await request({ agentId: first.agentId, challenge: nonce, keys: ["orders-key"] });
     await attest(replay, context("m-ch-replay"));
     const replayed = await resultFor(first.agentId);
     expect(replayed.verdict).toBe("denied");
-    if (replayed.verdict !== "trusted") expect(replayed.denial.code).toBe("ERR_TOKEN_NONCE");
+    if (replayed.verdict !== "trusted") expect(replayed.denial.code).toBe("ERR_CHALLENGE_UNKNOWN");
     expect(releases()).toBe(before);
   });
 
   it("refuses an answer to a challenge that was never sent, and one past its deadline", async () => {
-    const first = request();
+    const first = await request();
     await attest(first, context("m-ch2-initial"));
     expect((await resultFor(first.agentId)).verdict).toBe("trusted");
-    const unknown = request({ agentId: first.agentId, challenge: randomBytes(24).toString("base64url") });
+    const unknown = await request({
+      agentId: first.agentId,
+      challenge: randomBytes(24).toString("base64url"),
+    });
     await attest(unknown, context("m-ch2-unknown"));
     const refused = await resultFor(first.agentId);
-    if (refused.verdict !== "trusted") expect(refused.denial.code).toBe("ERR_TOKEN_NONCE");
+    if (refused.verdict !== "trusted") expect(refused.denial.code).toBe("ERR_CHALLENGE_UNKNOWN");
     expect(refused.verdict).toBe("denied");
     const nonce = randomBytes(24).toString("base64url");
     await pendingChallenge(first.agentId, nonce, new Date(Date.now() - 1_000));
-    const late = request({ agentId: first.agentId, challenge: nonce });
+    const late = await request({ agentId: first.agentId, challenge: nonce });
     await attest(late, context("m-ch2-late"));
     const lateResult = await resultFor(first.agentId);
     expect(lateResult.verdict).toBe("denied");
-    if (lateResult.verdict !== "trusted") expect(lateResult.denial.message).toMatch(/deadline/);
+    if (lateResult.verdict !== "trusted") expect(lateResult.denial.code).toBe("ERR_CHALLENGE_EXPIRED");
+  });
+
+  it("refuses a captured request replayed under a new agent id, with no release call", async () => {
+    const captured = await request({ keys: ["orders-key"] });
+    await attest(captured, context("m-ch3-original"));
+    expect((await resultFor(captured.agentId)).verdict).toBe("trusted");
+    const before = releases();
+    const thief = `thief-${process.pid}-${Date.now()}`;
+    const own = await challengeFor(thief);
+    await attest({ ...captured, agentId: thief, challenge: own }, context("m-ch3-copy"));
+    const copy = await resultFor(thief);
+    expect(copy.verdict).toBe("denied");
+    if (copy.verdict !== "trusted") expect(copy.denial.code).toBe("ERR_CHALLENGE_MISMATCH");
+    expect(releases()).toBe(before);
+  });
+
+  it("signs results over the request id, attestedUntil and every release response", async () => {
+    const message = await request({ keys: ["orders-key"] });
+    await attest(message, context("m-ch4"));
+    const { message: result, jws } = await nextMessage(message.agentId);
+    expect(result.type).toBe("attestation-result");
+    const [header, payload, signature] = jws.split(".");
+    const claims = JSON.parse(Buffer.from(payload!, "base64url").toString("utf8")) as Record<string, unknown>;
+    expect(claims).toMatchObject({ requestId: message.requestId, agentId: message.agentId });
+    const keys = controlKeySet(stack.controlKeys);
+    // Self-declared trust: the same message with a later attestedUntil no longer verifies.
+    const extended = Buffer.from(
+      JSON.stringify({ ...claims, attestedUntil: new Date(Date.now() + 8 * 3600_000).toISOString() }),
+    ).toString("base64url");
+    await expect(
+      verifyControlMessage(`${header}.${extended}.${signature}`, {
+        keys,
+        agentId: message.agentId,
+        at: new Date(),
+      }),
+    ).rejects.toMatchObject({ code: "ERR_CONTROL_SIGNATURE" });
+    // Rebound to another agent: refused.
+    await expect(
+      verifyControlMessage(jws, { keys, agentId: "someone-else", at: new Date() }),
+    ).rejects.toMatchObject({ code: "ERR_CONTROL_AUDIENCE" });
   });
 });
 
@@ -358,7 +432,7 @@ describe("attest: persistent MAA outage", () => {
     try {
       stack.maa.failNext(503, 1_000);
       const before = releases();
-      const message = request();
+      const message = await request();
       await hostBus.sendRequest(message);
       const result = await resultFor(message.agentId);
       expect(result.verdict).toBe("error");
@@ -383,7 +457,7 @@ describe("attest: persistent MAA outage", () => {
 describe("no plaintext key material anywhere", () => {
   it("appears in no log line, table row or bus message produced by these tests", async () => {
     // One more full round so there is something to look at even if run alone.
-    const message = request();
+    const message = await request();
     await attest(message, context("m-leak"));
     const result = await resultFor(message.agentId);
     expect(result.verdict).toBe("trusted");
@@ -400,7 +474,7 @@ describe("no plaintext key material anywhere", () => {
     const rows: string[] = [];
     for await (const entity of table.listEntities()) rows.push(JSON.stringify(entity));
     expect(rows.length).toBeGreaterThan(10);
-    const messages = [JSON.stringify(message), JSON.stringify(result)];
+    const messages = [JSON.stringify(message), JSON.stringify(result), ...bodies];
     const everything = [...logLines, ...rows, ...messages].join("\n");
     expect(logLines.length).toBeGreaterThan(5);
     for (const form of forms) expect(everything).not.toContain(form);

@@ -5,6 +5,7 @@ import {
   loadCertificate,
   loadCertificates,
   readExtensions,
+  readablePublicKey,
   derToPem,
 } from "../../core/x509/certificate.js";
 import { integer, octetString, readElement, decodeOid, oid } from "../../core/x509/der.js";
@@ -94,5 +95,57 @@ describe("loadCertificate", () => {
     const loaded = loadCertificate(outer.raw);
     expect(loaded.subject).toContain("CN=Outer");
     expect(loadCertificates(outer.raw)[0]!.subject).toContain("CN=Outer");
+  });
+
+  it("refuses, with the caller's code, a certificate that parses but whose key does not decode", () => {
+    const key = generateKeyPairSync("ec", { namedCurve: "P-384" });
+    const spki = key.publicKey.export({ type: "spki", format: "der" });
+    spki[spki.length - 1]! ^= 0x01; // the point leaves the curve
+    const cert = buildCertificate({
+      subject: [["CN", "Off curve"]],
+      issuer: [["CN", "Off curve"]],
+      serialNumber: 4n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2027-01-01T00:00:00Z"),
+      publicKey: key.publicKey,
+      subjectPublicKeyInfo: spki,
+      signingKey: key.privateKey,
+      signatureAlgorithm: "ecdsa-sha384",
+    });
+    // The builder embeds the given bytes and signs them; Node fails only when the key is read.
+    expect(cert.verify(key.publicKey)).toBe(true);
+    expect(readablePublicKey(cert)).toBeUndefined();
+    // OpenSSL refuses the key (its ERR_OSSL_* code), not a certificate the builder got wrong.
+    expect(() => cert.publicKey).toThrow(
+      expect.objectContaining({ code: expect.stringMatching(/^ERR_OSSL_/) as string }) as Error,
+    );
+    const codeOf = (f: () => unknown) => {
+      try {
+        f();
+      } catch (error) {
+        expect(error).toBeInstanceOf(ShieldError);
+        return (error as ShieldError).code;
+      }
+      return "no error";
+    };
+    expect(codeOf(() => loadCertificate(cert.raw))).toBe("ERR_INPUT_MALFORMED");
+    expect(codeOf(() => loadCertificate(derToPem(cert.raw), "ERR_EVIDENCE_CHAIN"))).toBe(
+      "ERR_EVIDENCE_CHAIN",
+    );
+    expect(codeOf(() => loadCertificates(derToPem(cert.raw), "ERR_EVIDENCE_CHAIN"))).toBe(
+      "ERR_EVIDENCE_CHAIN",
+    );
+    // The same certificate with its own key loads, and its key reads.
+    const fine = buildCertificate({
+      subject: [["CN", "Fine"]],
+      issuer: [["CN", "Fine"]],
+      serialNumber: 5n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2027-01-01T00:00:00Z"),
+      publicKey: key.publicKey,
+      signingKey: key.privateKey,
+      signatureAlgorithm: "ecdsa-sha384",
+    });
+    expect(readablePublicKey(loadCertificate(derToPem(fine.raw)))?.equals(key.publicKey)).toBe(true);
   });
 });

@@ -10,7 +10,6 @@
  * cleared on close, so a closed bus never keeps the process alive.
  */
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../../../core/messages/index.js";
-import type { AttestationRequest } from "../../../core/messages/index.js";
 import { ShieldError } from "../../../core/errors.js";
 import { systemClock, type Clock } from "../../../core/ports/clock.js";
 import { silentLogger, type Logger } from "../../../core/ports/logger.js";
@@ -27,7 +26,8 @@ import {
   requestMessageId,
   serializeBody,
   type AgentInbox,
-  type AgentMessage,
+  type AgentRequest,
+  type SignedAgentMessage,
   type DeadLetter,
   type LocalBus,
   type LockedMessage,
@@ -179,7 +179,7 @@ export class MemoryBus implements LocalBus {
     return this.#maxBodyBytes;
   }
 
-  sendRequest(request: AttestationRequest): Promise<void> {
+  sendRequest(request: AgentRequest): Promise<void> {
     return run(() => {
       checkRequest(request);
       this.#checkOpen();
@@ -188,13 +188,13 @@ export class MemoryBus implements LocalBus {
     });
   }
 
-  sendToAgent(agentId: string, message: AgentMessage): Promise<void> {
+  sendToAgent(agentId: string, message: SignedAgentMessage): Promise<void> {
     return run(() => {
       checkAgentMessage(agentId, message);
       this.#checkOpen();
-      const body = serializeBody(message, this.#maxBodyBytes);
+      const body = serializeBody(message.jws, this.#maxBodyBytes);
       const queue = this.#agentQueue(agentId);
-      this.#enqueue(queue, agentMessageId(agentId, message), body.toString("utf8"), "agent");
+      this.#enqueue(queue, agentMessageId(message), body.toString("utf8"), "agent");
     });
   }
 

@@ -25,9 +25,12 @@
  * - The rotation policy is stored and served; it is not executed on a timer here.
  */
 import {
+  constants,
   createCipheriv,
   createDecipheriv,
+  createPrivateKey,
   createPublicKey,
+  privateEncrypt,
   createSecretKey,
   generateKeyPair,
   randomBytes,
@@ -211,6 +214,8 @@ export interface ReleaseCounters {
 
 export interface LocalKeyVaultStats extends ReleaseCounters {
   readonly byKey: Readonly<Record<string, ReleaseCounters>>;
+  /** Every `sign` call answered (the control-plane key's signatures). */
+  readonly signatures: number;
 }
 
 export interface LocalKeyVaultOptions {
@@ -255,6 +260,16 @@ export interface LocalKeyVault {
   rotateKey(name: string): Promise<LocalKeyVersion>;
   getRotationPolicy(name: string): Promise<LocalRotationPolicy>;
   setRotationPolicy(name: string, policy: LocalRotationPolicyInput): Promise<LocalRotationPolicy>;
+  /**
+   * Key Vault `sign` over a digest: RS256 with an RSA-HSM key whose key_ops include `sign`
+   * (the one signing algorithm this stand-in implements; see its README).
+   */
+  sign(
+    name: string,
+    version: string | undefined,
+    algorithm: string,
+    digest: Buffer,
+  ): Promise<{ kid: string; value: Buffer }>;
   /** Key Vault `release`: the signed response's `value`. */
   release(
     name: string,
@@ -284,6 +299,9 @@ export class LocalKeyVaultError extends ShieldError {
     super(code, message, options);
   }
 }
+
+/** DER prefix of a DigestInfo for SHA-256 (RFC 8017 §9.2, note 1). */
+const SHA256_DIGEST_INFO = Buffer.from("3031300d060960864801650304020105000420", "hex");
 
 const notFound = (what: string): LocalKeyVaultError =>
   new LocalKeyVaultError(404, "KeyNotFound", "ERR_CONFIG", `${what} was not found`);
@@ -880,6 +898,7 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
   };
 
   const counters = { calls: 0, released: 0, refused: 0 };
+  let signatures = 0;
   const byKey = new Map<string, { calls: number; released: number; refused: number }>();
   const countersFor = (name: string) => {
     let entry = byKey.get(name);
@@ -1231,8 +1250,42 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
       }
     },
 
+    sign: (name, version, algorithm, digest) =>
+      settle(() => {
+        const { entry, index } = findVersion(name, version);
+        const stored = entry.versions[index]!.stored;
+        const kid = keyId(name, stored.version);
+        if (!stored.keyOps.includes("sign")) throw forbidden(`key ${name} does not permit sign`);
+        if (!stored.attributes.enabled) throw forbidden(`key ${name} version is disabled`);
+        const now = clock.now().getTime();
+        const { notBefore, expires } = stored.attributes;
+        if ((notBefore !== undefined && now < notBefore) || (expires !== undefined && now >= expires)) {
+          throw forbidden(`key ${name} version is not within its validity period`);
+        }
+        if (algorithm !== "RS256" || stored.kty !== "RSA-HSM") {
+          throw badParameter(`the algorithm ${algorithm} is not supported for this key`);
+        }
+        if (!Buffer.isBuffer(digest) || digest.length !== 32) {
+          throw badParameter("the digest must be 32 bytes for RS256");
+        }
+        const der = open(stored.sealed, kid);
+        signatures++;
+        try {
+          const privateKey = createPrivateKey({ key: der, format: "der", type: "pkcs8" });
+          // RSASSA-PKCS1-v1_5 over a given digest: the DigestInfo of SHA-256, then type-1 padding.
+          const value = privateEncrypt(
+            { key: privateKey, padding: constants.RSA_PKCS1_PADDING },
+            Buffer.concat([SHA256_DIGEST_INFO, digest]),
+          );
+          return { kid, value };
+        } finally {
+          der.fill(0);
+        }
+      }),
+
     stats: () => ({
       ...counters,
+      signatures,
       byKey: Object.fromEntries([...byKey].map(([name, c]) => [name, { ...c }])),
     }),
 

@@ -12,7 +12,11 @@ import type {
   KeyVersionInfo,
   ManagedKeyType,
 } from "../../../core/ports/key-store.js";
-import { encodeReleasePolicy, type ReleasePolicy } from "../../../core/policy/index.js";
+import {
+  encodeReleasePolicy,
+  guardReleasePolicyWrites,
+  type ReleasePolicy,
+} from "../../../core/policy/index.js";
 import type { LocalKeyVault, LocalKeyVersion } from "./engine.js";
 
 function toKeyVersionInfo(version: LocalKeyVersion): KeyVersionInfo {
@@ -35,7 +39,8 @@ function wirePolicy(policy: ReleasePolicy | undefined) {
 
 export function createLocalKeyStore(engine: LocalKeyVault): KeyStore {
   if (typeof engine?.release !== "function") throw new TypeError("engine must be a LocalKeyVault");
-  return {
+  // The same release-policy guard as the Azure adapter: the engine, like Key Vault, takes any policy.
+  return guardReleasePolicyWrites({
     async createKey(name: string, options: CreateKeyOptions): Promise<KeyVersionInfo> {
       const releasePolicy = wirePolicy(options.releasePolicy);
       const created = await engine.createKey(name, {
@@ -79,5 +84,5 @@ export function createLocalKeyStore(engine: LocalKeyVault): KeyStore {
       if (releasePolicy === undefined) throw new TypeError("policy is required");
       return toKeyVersionInfo(await engine.updateKey(name, version, { releasePolicy }));
     },
-  };
+  });
 }

@@ -11,6 +11,7 @@
  * | PATCH  | `/keys/{name}`, `/keys/{name}/`, `/keys/{name}/{ver}`  | update one version       |
  * | POST   | `/keys/{name}/release`, `/keys/{name}//release`, `/keys/{name}/{ver}/release` | release |
  * | POST   | `/keys/{name}/rotate`                                  | rotate                   |
+ * | POST   | `/keys/{name}/{ver}/sign`, `/keys/{name}//sign`        | sign a digest (RS256)    |
  * | GET/PUT| `/keys/{name}/rotationpolicy`                          | rotation policy          |
  *
  * (The SDK sends `GET /keys/{name}/` for the current version and `/keys/{name}/release` or
@@ -37,6 +38,7 @@ import {
   keyBundleToWire,
   keyItemToWire,
   releaseBodySchema,
+  signBodySchema,
   rotationPolicyBodySchema,
   rotationPolicyToWire,
   updateKeyBodySchema,
@@ -106,7 +108,15 @@ function isLoopbackHost(host: string): boolean {
 }
 
 type Operation =
-  "create" | "get" | "versions" | "update" | "release" | "rotate" | "getRotationPolicy" | "setRotationPolicy";
+  | "create"
+  | "get"
+  | "versions"
+  | "update"
+  | "release"
+  | "rotate"
+  | "sign"
+  | "getRotationPolicy"
+  | "setRotationPolicy";
 
 interface Route {
   readonly operation: Operation;
@@ -146,6 +156,9 @@ function matchRoute(method: string, pathname: string): Route | undefined {
       if (one === "create") return { operation: "create", name };
       if (one === "rotate") return { operation: "rotate", name };
       if (one === "release") return { operation: "release", name };
+      if (rest.length === 2 && rest[1] === "sign") {
+        return rest[0] === "" ? { operation: "sign", name } : { operation: "sign", name, version: rest[0] };
+      }
       if (rest.length === 2 && rest[1] === "release") {
         return rest[0] === ""
           ? { operation: "release", name }
@@ -341,6 +354,12 @@ export async function startLocalKeyVaultServer(
       }
       case "rotate":
         return keyBundleToWire(await engine.rotateKey(route.name));
+      case "sign": {
+        const parsed = parseJsonBody(body, signBodySchema);
+        const digest = Buffer.from(parsed.value, "base64url");
+        const signed = await engine.sign(route.name, route.version, parsed.alg, digest);
+        return { kid: signed.kid, value: signed.value.toString("base64url") };
+      }
       case "getRotationPolicy":
         return rotationPolicyToWire(
           `${engine.vaultUrl}/keys/${route.name}/rotationpolicy`,

@@ -169,6 +169,17 @@ export const releaseBodySchema = z
   })
   .loose();
 
+/** `POST /keys/{name}/{version}/sign`: `{alg, value: base64url digest}`. */
+export const signBodySchema = z
+  .object({
+    alg: z.string().max(16),
+    value: z
+      .string()
+      .max(172)
+      .regex(/^[A-Za-z0-9_-]+={0,2}$/),
+  })
+  .loose();
+
 export const rotationPolicyBodySchema = z
   .object({
     lifetimeActions: z

@@ -62,14 +62,17 @@ export interface LocalAttestationEngine extends AttestationService {
 /** The default dataType when a caller gives none: the project's runtime data is always JSON. */
 const DEFAULT_DATA_TYPE: RuntimeDataType = "JSON";
 const MAX_NONCE_CHARS = 1024;
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+// `ignoreBOM` keeps a byte-order mark in the text, so JSON.parse refuses it instead of the
+// decoder dropping it unseen.
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * Creates the engine. `attestSevSnp` runs, in order:
  *
  *  1. Parse MAA's `report` envelope (ERR_INPUT_TOO_LARGE, ERR_EVIDENCE_MALFORMED).
- *  2. Read the runtime data (and init-time data) by dataType: `JSON` must be a UTF-8 JSON object
- *     (ERR_INPUT_MALFORMED); `Binary` is not interpreted.
+ *  2. Read the runtime data (and init-time data) by dataType: `JSON` must be a UTF-8 JSON object,
+ *     with no byte-order mark and no other top-level type (ERR_INPUT_MALFORMED, which the server
+ *     answers with 400); `Binary` is not interpreted.
  *  3. Verify the report with the SEV-SNP verifier: trusted ARK (ERR_EVIDENCE_UNTRUSTED_ROOT),
  *     chain, validity at the clock's time, signature, REPORTED_TCB and CHIP_ID against the VCEK,
  *     and REPORT_DATA = SHA-256(runtime data) followed by 32 zero bytes
@@ -188,6 +191,9 @@ function checkCommonRequest(request: AttestSevSnpRequest | AttestSgxRequest): vo
 /** Step 2: JSON data becomes a claim object; binary data is not interpreted. */
 function readAttestedData(data: Uint8Array, dataType: RuntimeDataType | undefined, what: string): unknown {
   if ((dataType ?? DEFAULT_DATA_TYPE) === "Binary") return undefined;
+  if (data[0] === 0xef && data[1] === 0xbb && data[2] === 0xbf) {
+    throw new ShieldError("ERR_INPUT_MALFORMED", `${what} of dataType JSON starts with a byte-order mark`);
+  }
   let value: unknown;
   try {
     value = JSON.parse(utf8.decode(data));

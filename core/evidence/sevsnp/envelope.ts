@@ -56,7 +56,11 @@ const OuterSchema = z.object({
 
 const EndorsementsSchema = z.object({ Uvm: z.array(z.string()).default([]) });
 
-/** Takes an envelope apart. Throws ERR_INPUT_TOO_LARGE or ERR_EVIDENCE_MALFORMED. */
+/**
+ * Takes an envelope apart. Throws ERR_INPUT_TOO_LARGE or ERR_EVIDENCE_MALFORMED for the envelope
+ * itself, and ERR_EVIDENCE_CHAIN for a certificate in VcekCertChain that does not parse or whose
+ * public key does not decode.
+ */
 export function parseMaaSnpEnvelope(envelope: string): MaaSnpEnvelope {
   if (typeof envelope !== "string") throw new TypeError("envelope must be a string");
   if (envelope.length > MAA_SNP_ENVELOPE_LIMITS.envelopeChars) {
@@ -75,7 +79,7 @@ export function parseMaaSnpEnvelope(envelope: string): MaaSnpEnvelope {
   if (certificates.length === 0) throw malformed("VcekCertChain holds no certificate");
   if (certificates.length > MAA_SNP_ENVELOPE_LIMITS.certificates)
     throw malformed("VcekCertChain has too many certificates");
-  const [vcek, ...chain] = certificates.map((der) => loadCertificate(der, "ERR_EVIDENCE_MALFORMED"));
+  const [vcek, ...chain] = certificates.map((der) => loadCertificate(der, "ERR_EVIDENCE_CHAIN"));
 
   const endorsements = parseEndorsements(outer.data.Endorsements);
   return Object.freeze({

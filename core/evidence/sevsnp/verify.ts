@@ -8,8 +8,8 @@
  * so verifying many reports against the same VCEK costs about one ECDSA P-384 verification.
  */
 import { X509Certificate, createHash, verify as verifySignature, type KeyObject } from "node:crypto";
-import { ShieldError, type Violation } from "../../errors.js";
-import { readExtensions } from "../../x509/certificate.js";
+import { ShieldError, isShieldError, type Violation } from "../../errors.js";
+import { readExtensions, readablePublicKey } from "../../x509/certificate.js";
 import {
   Tag,
   decodeOid,
@@ -112,12 +112,13 @@ interface TrustAnchors {
  *
  *  1. Parse the report: 1184 bytes, known version (2–5), ECDSA P-384/SHA-384, VCEK or VLEK
  *     signing key, reserved bytes zero (ERR_EVIDENCE_MALFORMED / _VERSION / _UNSUPPORTED).
- *  2. The chain's ARK is one of the trusted roots and is self-signed
- *     (ERR_EVIDENCE_UNTRUSTED_ROOT).
+ *  2. Every certificate's public key decodes (ERR_EVIDENCE_CHAIN); the chain's ARK is one of the
+ *     trusted roots and is self-signed (ERR_EVIDENCE_UNTRUSTED_ROOT).
  *  3. The ASK (VCEK report) or ASVK (VLEK report), chosen by the report's SIGNING_KEY and the
  *     certificates' names, is a CA issued and signed by the ARK; the VCEK/VLEK is a P-384 key
  *     issued and signed by it; both signatures are RSASSA-PSS with SHA-384
- *     (ERR_EVIDENCE_CHAIN). Checks 2–3 are cached per (certificates, signing key).
+ *     (ERR_EVIDENCE_CHAIN). Checks 2–3 are cached per (certificates, signing key); anything a
+ *     malformed certificate makes Node's X.509 code throw in them is ERR_EVIDENCE_CHAIN too.
  *  4. Every certificate of the chain is valid at `at` (ERR_EVIDENCE_CERT_EXPIRED).
  *  5. The report signature (ECDSA P-384, SHA-384, over bytes 0x000–0x29F) verifies with the
  *     VCEK/VLEK key (ERR_EVIDENCE_SIGNATURE).
@@ -138,8 +139,7 @@ export function createSnpVerifier(options: SnpVerifierOptions): SnpVerifier {
       const cacheKey = chainCacheKey(input.vcek, input.chain, signer);
       let chain = verifiedChains.get(cacheKey);
       if (chain === undefined) {
-        const roots = checkTrustedRoot(input.chain, anchors); // 2
-        chain = verifyCertificateChain(input.vcek, input.chain, roots, signer); // 3
+        chain = verifyChainOnce(input.vcek, input.chain, anchors, signer); // 2, 3
         verifiedChains.set(cacheKey, chain);
       }
       checkValidity(chain, input.at); // 4
@@ -167,6 +167,35 @@ export function spkiSha256(certificate: X509Certificate): string {
 // ---------------------------------------------------------------------------------------------
 // Arguments
 
+/** Checks 2 and 3, with every failure typed: the certificates are the workload's input. */
+function verifyChainOnce(
+  leaf: X509Certificate,
+  chain: readonly X509Certificate[],
+  anchors: TrustAnchors,
+  signer: Signer,
+): VerifiedChain {
+  try {
+    checkKeysDecode(leaf, chain, signer);
+    const roots = checkTrustedRoot(chain, anchors);
+    return verifyCertificateChain(leaf, chain, roots, signer);
+  } catch (error) {
+    if (isShieldError(error)) throw error;
+    throw new ShieldError("ERR_EVIDENCE_CHAIN", "SEV-SNP certificates cannot be processed", { cause: error });
+  }
+}
+
+/** Node decodes a certificate's key only when asked; a key that does not decode is refused first. */
+function checkKeysDecode(leaf: X509Certificate, chain: readonly X509Certificate[], signer: Signer): void {
+  if (readablePublicKey(leaf) === undefined) {
+    throw chainError(`${signer === "vlek" ? "VLEK" : "VCEK"} public key does not decode`);
+  }
+  chain.forEach((cert, index) => {
+    if (readablePublicKey(cert) === undefined) {
+      throw chainError(`chain certificate ${index} public key does not decode`);
+    }
+  });
+}
+
 function trustAnchors(roots: SnpTrustedRoots): TrustAnchors {
   if (!Array.isArray(roots) || roots.length === 0) {
     throw new TypeError("trustedRoots must name at least one root");
@@ -175,6 +204,9 @@ function trustAnchors(roots: SnpTrustedRoots): TrustAnchors {
   const certificates: X509Certificate[] = [];
   for (const root of roots as readonly unknown[]) {
     if (root instanceof X509Certificate) {
+      if (readablePublicKey(root) === undefined) {
+        throw new TypeError("a trusted root certificate has an unreadable key");
+      }
       fingerprints.add(spkiSha256(root));
       certificates.push(root);
     } else if (typeof root === "string") {
@@ -389,7 +421,10 @@ function chainError(message: string): ShieldError {
 // 4. Validity
 
 function validityOf(role: string, cert: X509Certificate): CertificateValidity {
-  return { role, notBefore: Date.parse(cert.validFrom), notAfter: Date.parse(cert.validTo) };
+  const notBefore = Date.parse(cert.validFrom);
+  const notAfter = Date.parse(cert.validTo);
+  if (Number.isNaN(notBefore) || Number.isNaN(notAfter)) throw chainError(`${role} validity cannot be read`);
+  return { role, notBefore, notAfter };
 }
 
 function checkValidity(chain: VerifiedChain, at: Date): void {

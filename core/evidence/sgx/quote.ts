@@ -2,13 +2,14 @@
  * Parser for Intel SGX DCAP quotes, version 3, with an ECDSA P-256 attestation key.
  *
  * Turns untrusted bytes into a typed `SgxQuote` and nothing more: every length is checked
- * against the buffer before it is read, and no signature or certificate is trusted here (that
- * is `verify.ts`). Layout per Intel's DCAP quote library (`sgx_quote_3.h`, `sgx_report.h`):
+ * against the buffer before it is read, the attestation key must be a P-256 point and every
+ * certificate must parse with a decodable key, but no signature or certificate is trusted here
+ * (that is `verify.ts`). Layout per Intel's DCAP quote library (`sgx_quote_3.h`, `sgx_report.h`):
  * a 48-byte header, the 384-byte ISV enclave report body, a 4-byte signature data length,
  * then the ECDSA signature data. Open Enclave "remote reports" (`oe_report_header_t`: version
  * u32 = 1, type u32 = 2, size u64) in front of the quote are recognised and stripped.
  */
-import type { X509Certificate } from "node:crypto";
+import { createPublicKey, type KeyObject, type X509Certificate } from "node:crypto";
 import { ShieldError } from "../../errors.js";
 import { loadCertificate, pemToDerList } from "../../x509/certificate.js";
 
@@ -105,8 +106,10 @@ export function isSgxQuote(value: unknown): value is SgxQuote {
 
 /**
  * Parses an SGX DCAP v3 quote, with or without an Open Enclave remote-report header.
- * Throws ERR_INPUT_TOO_LARGE, ERR_EVIDENCE_MALFORMED, ERR_EVIDENCE_VERSION or
- * ERR_EVIDENCE_UNSUPPORTED; never anything else for any byte string.
+ * Throws ERR_INPUT_TOO_LARGE, ERR_EVIDENCE_MALFORMED (also for an attestation key that is not a
+ * point on P-256), ERR_EVIDENCE_VERSION, ERR_EVIDENCE_UNSUPPORTED, or ERR_EVIDENCE_CHAIN (a PCK
+ * chain certificate that does not parse or whose key does not decode); never anything else for
+ * any byte string.
  */
 export function parseSgxQuote(bytes: Uint8Array, options: ParseSgxQuoteOptions = {}): SgxQuote {
   if (!(bytes instanceof Uint8Array)) throw new TypeError("quote must be a Uint8Array");
@@ -215,6 +218,9 @@ function parseReportBody(raw: Buffer): SgxReportBody {
 function parseSignatureData(reader: Reader, options: ParseSgxQuoteOptions): SgxQuoteSignatureData {
   const quoteSignature = reader.take(ECDSA_P256_SIGNATURE_BYTES, "quote signature");
   const attestationKey = reader.take(ECDSA_P256_PUBLIC_KEY_BYTES, "attestation key");
+  if (attestationPublicKey(attestationKey) === undefined) {
+    throw malformed("attestation key is not a point on P-256");
+  }
   const qeReport = parseReportBody(reader.take(REPORT_BODY_BYTES, "QE report"));
   const qeReportSignature = reader.take(ECDSA_P256_SIGNATURE_BYTES, "QE report signature");
   const qeAuthData = reader.take(reader.u16("QE authentication data length"), "QE authentication data");
@@ -259,18 +265,26 @@ function parsePemChain(data: Buffer): X509Certificate[] {
   const ders = pemToDerList(text);
   if (ders.length === 0) throw malformed("certification data holds no certificate");
   if (ders.length > MAX_PEM_CERTIFICATES) throw malformed(`more than ${MAX_PEM_CERTIFICATES} certificates`);
-  return ders.map((der) => {
-    const cert = loadCertificate(der, "ERR_EVIDENCE_MALFORMED");
-    // Node decodes the public key lazily; a certificate can parse while its key does not.
-    try {
-      void cert.publicKey;
-    } catch (cause) {
-      throw new ShieldError("ERR_EVIDENCE_MALFORMED", "malformed SGX quote: unreadable certificate key", {
-        cause,
-      });
-    }
-    return cert;
-  });
+  // A certificate that does not parse, or whose key does not decode, is a chain failure.
+  return ders.map((der) => loadCertificate(der, "ERR_EVIDENCE_CHAIN"));
+}
+
+/** x ‖ y (big-endian) as a P-256 public key; undefined when it is not a point on the curve. */
+export function attestationPublicKey(xy: Buffer): KeyObject | undefined {
+  if (xy.length !== ECDSA_P256_PUBLIC_KEY_BYTES) return undefined;
+  try {
+    return createPublicKey({
+      key: {
+        kty: "EC",
+        crv: "P-256",
+        x: xy.subarray(0, 32).toString("base64url"),
+        y: xy.subarray(32, 64).toString("base64url"),
+      },
+      format: "jwk",
+    });
+  } catch {
+    return undefined;
+  }
 }
 
 /** Bounds-checked little-endian reads over the quote bytes. */

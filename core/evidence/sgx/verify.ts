@@ -5,17 +5,11 @@
  * that is Microsoft Azure Attestation's job, and this verifier backs the CLI, the local
  * attestation server and tests.
  */
-import {
-  X509Certificate,
-  createHash,
-  createPublicKey,
-  timingSafeEqual,
-  verify,
-  type KeyObject,
-} from "node:crypto";
-import { ShieldError, type Violation } from "../../errors.js";
+import { X509Certificate, createHash, timingSafeEqual, verify, type KeyObject } from "node:crypto";
+import { ShieldError, isShieldError, type Violation } from "../../errors.js";
+import { readablePublicKey } from "../../x509/certificate.js";
 import { sgxClaims, type SgxClaims } from "./claims.js";
-import { isSgxQuote, parseSgxQuote, type SgxQuote } from "./quote.js";
+import { attestationPublicKey, isSgxQuote, parseSgxQuote, type SgxQuote } from "./quote.js";
 
 /**
  * Roots a PCK chain may end at: certificates, or SHA-256 fingerprints (hex, colons allowed) of
@@ -60,11 +54,13 @@ const P1363 = "ieee-p1363" as const;
  * Creates an SGX DCAP v3 quote verifier. `verify` runs these checks, in order, and throws a
  * `ShieldError` at the first that fails:
  *
- *  1. Parse the quote (Open Enclave header stripped): version 3, ECDSA P-256 attestation key,
- *     every length within the buffer, certification data type 5 unless `pckChain` is given.
- *  2. PCK chain: three certificates; the root is trusted (ERR_EVIDENCE_UNTRUSTED_ROOT), a CA,
- *     and self-signed; the PCK Platform/Processor CA is a CA issued and signed by the root; the
- *     PCK leaf is issued and signed by that CA (ERR_EVIDENCE_CHAIN). Successes are cached.
+ *  1. Parse the quote (Open Enclave header stripped): version 3, an ECDSA P-256 attestation key
+ *     that is a point on the curve, every length within the buffer, certification data type 5
+ *     unless `pckChain` is given (ERR_EVIDENCE_MALFORMED and others, see `parseSgxQuote`).
+ *  2. PCK chain: every certificate's key decodes; three certificates; the root is trusted
+ *     (ERR_EVIDENCE_UNTRUSTED_ROOT), a CA, and self-signed; the PCK Platform/Processor CA is a CA
+ *     issued and signed by the root; the PCK leaf is issued and signed by that CA
+ *     (ERR_EVIDENCE_CHAIN). Successes are cached.
  *  3. Every certificate of the chain is valid at `at` (ERR_EVIDENCE_CERT_EXPIRED).
  *  4. The QE report signature (ECDSA P-256, SHA-256) verifies with the PCK leaf's key
  *     (ERR_EVIDENCE_SIGNATURE).
@@ -157,7 +153,7 @@ function pckChainOf(
   override: readonly X509Certificate[] | undefined,
 ): readonly X509Certificate[] {
   if (override !== undefined && !override.every(hasReadableKey)) {
-    throw new ShieldError("ERR_EVIDENCE_MALFORMED", "a PCK chain certificate has an unreadable key");
+    throw chainError("a PCK chain certificate's public key does not decode");
   }
   const chain = override ?? quote.signatureData.certificationData.pckChain;
   if (chain === undefined) {
@@ -171,12 +167,7 @@ function pckChainOf(
 
 /** Node decodes a certificate's key lazily, so a parsed certificate may still hold a bad key. */
 function hasReadableKey(certificate: X509Certificate): boolean {
-  try {
-    void certificate.publicKey;
-    return true;
-  } catch {
-    return false;
-  }
+  return readablePublicKey(certificate) !== undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -189,6 +180,19 @@ function verifyPckChain(
 ): void {
   const cacheKey = chainCacheKey(chain);
   if (verifiedChains.has(cacheKey)) return;
+  try {
+    checkPckChain(chain, trustedRoots);
+  } catch (error) {
+    // Whatever a hostile certificate makes Node's X.509 code throw is a chain failure, not ours.
+    if (isShieldError(error)) throw error;
+    throw new ShieldError("ERR_EVIDENCE_CHAIN", "PCK chain certificates cannot be processed", {
+      cause: error,
+    });
+  }
+  verifiedChains.add(cacheKey);
+}
+
+function checkPckChain(chain: readonly X509Certificate[], trustedRoots: ReadonlySet<string>): void {
   const [pck, pckCa, root] = chain;
   if (chain.length !== PCK_CHAIN_LENGTH || pck === undefined || pckCa === undefined || root === undefined) {
     throw chainError(`PCK chain holds ${chain.length} certificates, expected ${PCK_CHAIN_LENGTH}`);
@@ -206,7 +210,6 @@ function verifyPckChain(
   if (!pckCa.ca) throw chainError("PCK CA certificate is not a CA");
   if (!isSignedBy(pckCa, root)) throw chainError("PCK CA certificate is not signed by the root");
   if (!isSignedBy(pck, pckCa)) throw chainError("PCK certificate is not signed by the PCK CA");
-  verifiedChains.add(cacheKey);
 }
 
 function isSignedBy(subject: X509Certificate, issuer: X509Certificate): boolean {
@@ -287,7 +290,8 @@ function checkCertificateValidity(chain: readonly X509Certificate[], at: Date): 
 // 4. QE report signature
 
 function verifyQeReportSignature(quote: SgxQuote, pck: X509Certificate): void {
-  const key = pck.publicKey;
+  const key = readablePublicKey(pck);
+  if (key === undefined) throw chainError("PCK certificate's public key does not decode");
   if (key.asymmetricKeyType !== "ec" || key.asymmetricKeyDetails?.namedCurve !== "prime256v1") {
     throw new ShieldError("ERR_EVIDENCE_UNSUPPORTED", "PCK certificate key is not ECDSA P-256");
   }
@@ -317,28 +321,15 @@ function verifyQeReportBinding(quote: SgxQuote): void {
 function verifyQuoteSignature(quote: SgxQuote): void {
   const { attestationKey, quoteSignature } = quote.signatureData;
   const key = attestationPublicKey(attestationKey);
-  if (key === undefined || !ecdsaP256Verifies(quote.signedBytes, key, quoteSignature)) {
+  // parseSgxQuote refuses such a key already; a pre-parsed quote comes only from it.
+  if (key === undefined) {
+    throw new ShieldError("ERR_EVIDENCE_MALFORMED", "attestation key is not a point on P-256");
+  }
+  if (!ecdsaP256Verifies(quote.signedBytes, key, quoteSignature)) {
     throw new ShieldError(
       "ERR_EVIDENCE_SIGNATURE",
       "quote signature does not verify with the attestation key",
     );
-  }
-}
-
-/** x ‖ y (big-endian) as a P-256 public key; undefined when the point is not on the curve. */
-function attestationPublicKey(xy: Buffer): KeyObject | undefined {
-  try {
-    return createPublicKey({
-      key: {
-        kty: "EC",
-        crv: "P-256",
-        x: xy.subarray(0, 32).toString("base64url"),
-        y: xy.subarray(32, 64).toString("base64url"),
-      },
-      format: "jwk",
-    });
-  } catch {
-    return undefined;
   }
 }
 

@@ -56,6 +56,12 @@ export interface SimulatedSgxQuoteOptions {
   readonly pckChain?: readonly X509Certificate[];
   /** Raw certification data instead of a type 5 PEM chain. */
   readonly certificationData?: { readonly type: number; readonly data: Uint8Array };
+  /**
+   * 64 bytes (x ‖ y) to carry as the attestation key instead of the platform's, with a QE report
+   * that certifies them; the quote is still signed with the platform's key. For tests of
+   * malformed keys (a point off the curve) that pass every earlier check.
+   */
+  readonly attestationKey?: Uint8Array;
 }
 
 export interface SimulatedSgxPlatform {
@@ -125,21 +131,24 @@ export function createSimulatedSgxPlatform(options: SimulatedSgxPlatformOptions 
 
   // The QE certifies its attestation key once, as the real QE does when it creates the key:
   // its report binds SHA-256(key ‖ auth data) and the PCK key signs that report.
+  const certifyAttestationKey = (key: Buffer): { qeReport: Buffer; qeReportSignature: Buffer } => {
+    const qeReport = reportBody({
+      cpuSvn: Buffer.alloc(16, 0x01),
+      miscSelect: 0,
+      attributes: attributes(QE_FLAGS, XFRM_DEFAULT),
+      mrEnclave: label("simulated SGX quoting enclave"),
+      mrSigner: label("simulated SGX quoting enclave signer"),
+      isvProdId: 1,
+      isvSvn: qeSvn,
+      reportData: Buffer.concat([
+        createHash("sha256").update(key).update(QE_AUTH_DATA).digest(),
+        Buffer.alloc(32),
+      ]),
+    });
+    return { qeReport, qeReportSignature: ecdsaP256(qeReport, pckKey.privateKey) };
+  };
   const attestationPublicKey = rawP256PublicKey(attestationKey.publicKey);
-  const qeReport = reportBody({
-    cpuSvn: Buffer.alloc(16, 0x01),
-    miscSelect: 0,
-    attributes: attributes(QE_FLAGS, XFRM_DEFAULT),
-    mrEnclave: label("simulated SGX quoting enclave"),
-    mrSigner: label("simulated SGX quoting enclave signer"),
-    isvProdId: 1,
-    isvSvn: qeSvn,
-    reportData: Buffer.concat([
-      createHash("sha256").update(attestationPublicKey).update(QE_AUTH_DATA).digest(),
-      Buffer.alloc(32),
-    ]),
-  });
-  const qeReportSignature = ecdsaP256(qeReport, pckKey.privateKey);
+  const certified = certifyAttestationKey(attestationPublicKey);
   // Stable per platform, as Intel's platform instance ID is.
   const platformInstanceId = createHash("sha256").update(attestationPublicKey).digest().subarray(0, 16);
 
@@ -175,9 +184,12 @@ export function createSimulatedSgxPlatform(options: SimulatedSgxPlatformOptions 
           "latin1",
         ),
       };
+      const carried = bytesField(quoteOptions.attestationKey, 64, "attestationKey");
+      const { qeReport, qeReportSignature } =
+        carried === undefined ? certified : certifyAttestationKey(carried);
       const signatureData = Buffer.concat([
         ecdsaP256(signed, attestationKey.privateKey),
-        attestationPublicKey,
+        carried ?? attestationPublicKey,
         qeReport,
         qeReportSignature,
         u16(QE_AUTH_DATA.length),

@@ -74,6 +74,8 @@ describe("agent configuration", () => {
       SHIELD_KEY_DIR: "/run/keys",
       SHIELD_BUS: "storage-queue",
       SHIELD_STORAGE_CONNECTION_STRING: SECRET,
+      SHIELD_CONTROL_KEYS_FILE: "/etc/shield/control-keys.json",
+      SHIELD_KEYVAULT_URL: "https://contoso.vault.azure.net/",
       SHIELD_REATTEST_SECONDS: "0",
       SHIELD_EVIDENCE_TIMEOUT_MS: "2500",
       SHIELD_PROBE_TIMEOUT_MS: "300",
@@ -86,6 +88,8 @@ describe("agent configuration", () => {
     expect(config.runtimeKeyBits).toBe(3072);
     expect(config.listen).toEqual({ kind: "unix", path: "/run/shield/keys.sock" });
     expect(config.bus.storageConnectionString?.reveal()).toBe(SECRET);
+    expect(config.controlKeysFile).toBe("/etc/shield/control-keys.json");
+    expect(config.keyVaultUrl).toBe("https://contoso.vault.azure.net");
     expect(config.reattestSeconds).toBe(0);
     expect(config.timeouts).toEqual({ evidenceMs: 2500, probeMs: 300, resultSeconds: 30 });
   });
@@ -139,6 +143,16 @@ describe("agent configuration", () => {
     expect(isLoopback("example.com")).toBe(false);
   });
 
+  it("names the key API token file by an absolute path, and asks for no token without one", () => {
+    expect(ok({}).keyApiTokenFile).toBeUndefined();
+    expect(ok({ SHIELD_KEY_API_TOKEN_FILE: "/run/secrets/key-api-token" }).keyApiTokenFile).toBe(
+      "/run/secrets/key-api-token",
+    );
+    expect(problems({ SHIELD_KEY_API_TOKEN_FILE: "token.txt" })).toEqual([
+      'SHIELD_KEY_API_TOKEN_FILE: expected an absolute path (got "token.txt")',
+    ]);
+  });
+
   it("never echoes a secret, in problems or in the loaded configuration", () => {
     const bad = "AccountNme=dev;Key=super-secret-value";
     const found = problems({ SHIELD_STORAGE_CONNECTION_STRING: bad });
@@ -153,29 +167,72 @@ describe("agent configuration", () => {
   it("says what the bus round trip still needs", () => {
     const signer =
       "SHIELD_RELEASE_SIGNER_CA_FILE or SHIELD_RELEASE_SIGNER_HOST: required to verify who signed the keys Key Vault releases";
+    const controlKeys =
+      "SHIELD_CONTROL_KEYS_FILE: required to verify that messages come from the control plane";
+    const vault = "SHIELD_KEYVAULT_URL: required to check which vault released keys come from";
+    const pinned = {
+      SHIELD_CONTROL_KEYS_FILE: "/etc/shield/control-keys.json",
+      SHIELD_KEYVAULT_URL: "https://contoso.vault.azure.net",
+    };
     expect(startRequirements(ok({}))).toEqual([
       "SHIELD_KEYS: at least one Key Vault key name is needed",
       "SHIELD_SERVICEBUS_NAMESPACE: required when SHIELD_BUS=servicebus",
       signer,
+      controlKeys,
+      vault,
     ]);
-    expect(
-      startRequirements(
-        ok({ SHIELD_KEYS: "k", SHIELD_BUS: "storage-queue", SHIELD_RELEASE_SIGNER_CA_FILE: "/ca.pem" }),
-      ),
-    ).toEqual(["SHIELD_STORAGE_CONNECTION_STRING: required when SHIELD_BUS=storage-queue"]);
     expect(
       startRequirements(
         ok({
           SHIELD_KEYS: "k",
-          SHIELD_SERVICEBUS_NAMESPACE: "contoso.servicebus.windows.net",
-          SHIELD_RELEASE_SIGNER_HOST: "contoso.vault.azure.net",
+          SHIELD_BUS: "storage-queue",
+          SHIELD_RELEASE_SIGNER_CA_FILE: "/ca.pem",
+          ...pinned,
         }),
       ),
-    ).toEqual([]);
+    ).toEqual(["SHIELD_STORAGE_CONNECTION_STRING: required when SHIELD_BUS=storage-queue"]);
+    const complete = {
+      SHIELD_KEYS: "k",
+      SHIELD_SERVICEBUS_NAMESPACE: "contoso.servicebus.windows.net",
+      SHIELD_RELEASE_SIGNER_HOST: "contoso.vault.azure.net",
+    };
+    expect(startRequirements(ok({ ...complete, ...pinned }))).toEqual([]);
+    // Neither the control-plane keys nor the vault have a default: without them nothing starts.
+    expect(startRequirements(ok({ ...complete, SHIELD_KEYVAULT_URL: pinned.SHIELD_KEYVAULT_URL }))).toEqual([
+      controlKeys,
+    ]);
+    expect(
+      startRequirements(ok({ ...complete, SHIELD_CONTROL_KEYS_FILE: pinned.SHIELD_CONTROL_KEYS_FILE })),
+    ).toEqual([vault]);
     expect(problems({ SHIELD_RELEASE_SIGNER_HOST: "https://contoso.vault.azure.net/" })[0]).toContain(
       "SHIELD_RELEASE_SIGNER_HOST",
     );
     expect(problems({ SHIELD_SERVICEBUS_NAMESPACE: "contoso" })[0]).toContain("fully qualified namespace");
+  });
+
+  it("takes SHIELD_KEYVAULT_URL as an https origin (http only on loopback) and SHIELD_CONTROL_KEYS_FILE as an absolute path", () => {
+    expect(ok({ SHIELD_KEYVAULT_URL: "https://contoso.vault.azure.net" }).keyVaultUrl).toBe(
+      "https://contoso.vault.azure.net",
+    );
+    expect(ok({ SHIELD_KEYVAULT_URL: "https://contoso.managedhsm.azure.net/" }).keyVaultUrl).toBe(
+      "https://contoso.managedhsm.azure.net",
+    );
+    expect(ok({ SHIELD_KEYVAULT_URL: "http://127.0.0.1:8443" }).keyVaultUrl).toBe("http://127.0.0.1:8443");
+    for (const bad of [
+      "contoso.vault.azure.net",
+      "http://contoso.vault.azure.net",
+      "https://contoso.vault.azure.net/keys/orders",
+      "https://user:pw@contoso.vault.azure.net",
+      "https://contoso.vault.azure.net/?x=1",
+      "ftp://contoso.vault.azure.net",
+    ]) {
+      expect(problems({ SHIELD_KEYVAULT_URL: bad })[0]).toContain("SHIELD_KEYVAULT_URL");
+    }
+    expect(ok({}).keyVaultUrl).toBeUndefined();
+    expect(ok({}).controlKeysFile).toBeUndefined();
+    expect(problems({ SHIELD_CONTROL_KEYS_FILE: "relative/keys.json" })[0]).toContain(
+      "SHIELD_CONTROL_KEYS_FILE",
+    );
   });
 
   it("documents every variable with a default and a meaning", () => {

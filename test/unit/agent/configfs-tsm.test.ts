@@ -10,6 +10,7 @@ import {
 import { loadCertificates } from "../../../core/x509/certificate.js";
 import { SNP_CERT_GUIDS, encodeSnpCertTable } from "../../../agent/evidence/cert-table.js";
 import { createConfigfsTsmProvider, type ConfigfsTsmOptions } from "../../../agent/evidence/configfs-tsm.js";
+import type { Evidence } from "../../../agent/evidence/provider.js";
 import { createThimClient } from "../../../agent/evidence/thim.js";
 import {
   createFakeTsmKernel,
@@ -66,6 +67,28 @@ function provider(fake: FakeTsmKernel, options: Partial<ConfigfsTsmOptions> = {}
 
 const reportData = (): Buffer => randomBytes(64);
 
+/** An outblob that records every report the kernel hands out. */
+function recordingOutblob(): { outblob: (inblob: Buffer) => Buffer; reports: Buffer[] } {
+  const reports: Buffer[] = [];
+  return {
+    reports,
+    outblob: (inblob) => {
+      const report = platform.signReport({ reportData: inblob });
+      reports.push(report);
+      return report;
+    },
+  };
+}
+
+/** The raw report of SEV-SNP evidence, checked to carry `data` as its REPORT_DATA. */
+function reportOf(evidence: Evidence, data: Buffer): Buffer {
+  expect(evidence.tee).toBe("sevsnp");
+  if (evidence.format !== "raw") throw new Error("expected raw SEV-SNP evidence");
+  const report = Buffer.from(evidence.report, "base64url");
+  expect(report.subarray(0x50, 0x90)).toEqual(data);
+  return report;
+}
+
 describe("configfs-tsm provider", () => {
   it("writes inblob, reads outblob and auxblob, and returns verifiable evidence", async () => {
     const fake = await kernel();
@@ -104,9 +127,12 @@ describe("configfs-tsm provider", () => {
   });
 
   it("writes privlevel when configured and counts it in the generation check", async () => {
-    const fake = await kernel();
-    await provider(fake, { privlevel: 2 }).collect(reportData());
+    const kernelReports = recordingOutblob();
+    const fake = await kernel({ outblob: kernelReports.outblob });
+    const data = reportData();
+    const evidence = await provider(fake, { privlevel: 2 }).collect(data);
     expect(fake.privlevels).toEqual(["2"]);
+    expect(reportOf(evidence, data)).toEqual(kernelReports.reports[0]);
     expect(() => createConfigfsTsmProvider({ privlevel: 4 })).toThrow(TypeError);
   });
 
@@ -114,16 +140,22 @@ describe("configfs-tsm provider", () => {
     const fake = await kernel();
     const names: string[] = [];
     const tsm = provider(fake, { entryName: () => `e${names.push("x")}` });
-    await tsm.collect(reportData());
-    await tsm.collect(reportData());
+    const [first, second] = [reportData(), reportData()];
+    reportOf(await tsm.collect(first), first);
+    reportOf(await tsm.collect(second), second);
     expect(names.length).toBe(2);
     expect(await fake.entries()).toEqual([]);
   });
 
   it("retries once when another writer changes the entry, then fails with ERR_CONFLICT", async () => {
-    const once = await kernel({ interfere: 1 });
-    await provider(once).collect(reportData());
-    expect(once.inblobs.length).toBe(2);
+    const kernelReports = recordingOutblob();
+    const once = await kernel({ interfere: 1, outblob: kernelReports.outblob });
+    const data = reportData();
+    const evidence = await provider(once).collect(data);
+    expect(once.inblobs).toEqual([data, data]);
+    // The report of the retry, not the one read while the entry was being changed.
+    expect(kernelReports.reports).toHaveLength(2);
+    expect(reportOf(evidence, data)).toEqual(kernelReports.reports[1]);
     expect(await once.entries()).toEqual([]);
 
     const twice = await kernel({ interfere: 2 });
@@ -213,9 +245,18 @@ describe("configfs-tsm provider", () => {
     it("treats a missing auxblob file like an empty one", async () => {
       const fake = await kernel({ hasAuxblob: false });
       const thim = await server(thimRoute(() => thimDocument(platform)));
-      await provider(fake, {
+      const data = reportData();
+      const evidence = await provider(fake, {
         collateral: { securityContext: false, thim: createThimClient({ url: thim.url }) },
-      }).collect(reportData());
+      }).collect(data);
+      reportOf(evidence, data);
+      if (evidence.format !== "raw") throw new Error("unreachable");
+      expect(loadCertificates(evidence.vcekChain).map((c) => c.raw)).toEqual([
+        platform.leaf.raw,
+        platform.intermediate.raw,
+        platform.ark.raw,
+      ]);
+      expect(thim.requests).toHaveLength(1);
     });
 
     it("refuses THIM certificates for another TCB (ERR_EVIDENCE_TCB_MISMATCH)", async () => {

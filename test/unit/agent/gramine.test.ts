@@ -66,14 +66,28 @@ describe("Gramine provider", () => {
   });
 
   it("accepts quotes whose PCK chain MAA fetches itself", async () => {
+    const quotes: Buffer[] = [];
     const fake = await gramine({
-      quote: (data) =>
-        platform.generateQuote(
+      quote: (data) => {
+        const quote = platform.generateQuote(
           { reportData: data },
           { certificationData: { type: 3, data: randomBytes(16) } },
-        ),
+        );
+        quotes.push(quote);
+        return quote;
+      },
     });
-    await provider(fake).collect(randomBytes(64));
+    const data = randomBytes(64);
+    const evidence = await provider(fake).collect(data);
+    expect(evidence.tee).toBe("sgx");
+    if (evidence.format !== "dcap-quote") throw new Error("unreachable");
+    // The quote Gramine gave, byte for byte, over this REPORT_DATA, still without a PCK chain.
+    const bytes = Buffer.from(evidence.quote, "base64url");
+    expect(quotes).toHaveLength(1);
+    expect(bytes.equals(quotes[0]!)).toBe(true);
+    const quote = parseSgxQuote(bytes, { externalPckChain: true });
+    expect(quote.reportBody.reportData).toEqual(data);
+    expect(quote.signatureData.certificationData.type).toBe(3);
   });
 
   it("refuses an attestation type other than dcap", async () => {

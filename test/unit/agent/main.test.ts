@@ -90,6 +90,8 @@ describe("agent entry point", () => {
     const text = io.err.join("\n");
     expect(text).toContain("SHIELD_KEYS");
     expect(text).toContain("SHIELD_SERVICEBUS_NAMESPACE");
+    expect(text).toContain("SHIELD_CONTROL_KEYS_FILE");
+    expect(text).toContain("SHIELD_KEYVAULT_URL");
   });
 
   it("hands the configuration and the selected provider to start", async () => {
@@ -102,6 +104,8 @@ describe("agent entry point", () => {
         SHIELD_KEYS: "orders",
         SHIELD_SERVICEBUS_NAMESPACE: "contoso.servicebus.windows.net",
         SHIELD_RELEASE_SIGNER_HOST: "contoso.vault.azure.net",
+        SHIELD_CONTROL_KEYS_FILE: "/etc/shield/control-keys.json",
+        SHIELD_KEYVAULT_URL: "https://contoso.vault.azure.net",
         SHIELD_LOG_LEVEL: "error",
       },
       {
@@ -116,5 +120,7 @@ describe("agent entry point", () => {
     expect(code).toBe(0);
     expect(context?.provider.name).toBe("simulated");
     expect(context?.config.keys).toEqual(["orders"]);
+    expect(context?.config.controlKeysFile).toBe("/etc/shield/control-keys.json");
+    expect(context?.config.keyVaultUrl).toBe("https://contoso.vault.azure.net");
   });
 });

@@ -3,7 +3,7 @@
  * `main`, run against the in-memory bus and a fake attest responder, and ended as SIGTERM would.
  */
 import { spawn } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:net";
 import { join } from "node:path";
@@ -17,19 +17,33 @@ import {
   type SimulatedSnpPlatform,
 } from "../../../core/evidence/simulated/sevsnp.js";
 import type { ReleaseResponseSigner } from "../../../core/keywrap/index.js";
+import { createTestControlPlane, type TestControlPlane } from "../../support/control.js";
 import { tempDir } from "./fakes.js";
-import { FakeVault, makeSigner, startFakeResponder } from "./responder.js";
+import { FAKE_VAULT, FakeVault, makeSigner, startFakeResponder } from "./responder.js";
 
 let platform: SimulatedSnpPlatform;
 let signer: ReleaseResponseSigner;
+let control: TestControlPlane;
 let dir: string;
 
 beforeAll(async () => {
   platform = createSimulatedSnpPlatform({ rsaBits: 2048 });
   signer = makeSigner();
+  control = createTestControlPlane();
   dir = await tempDir("run");
   await writeFile(join(dir, "signer.pem"), signer.certificateChain[0]!.toString());
   await writeFile(join(dir, "other.pem"), makeSigner("other").certificateChain[0]!.toString());
+  await writeFile(join(dir, "control-keys.json"), JSON.stringify(control.jwks));
+  // Another key under the same key id: what an attacker without the control-plane key could pin.
+  await writeFile(
+    join(dir, "other-control-keys.json"),
+    JSON.stringify(createTestControlPlane(control.signer.keyId).jwks),
+  );
+  const privateJwk = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ format: "jwk" });
+  await writeFile(
+    join(dir, "private-control-keys.json"),
+    JSON.stringify({ keys: [{ ...privateJwk, kid: "k" }] }),
+  );
 });
 
 afterAll(async () => {
@@ -49,6 +63,8 @@ function env(agentId: string, extra: Record<string, string> = {}): Record<string
     SHIELD_BUS: "storage-queue",
     SHIELD_STORAGE_CONNECTION_STRING: "UseDevelopmentStorage=true",
     SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "signer.pem"),
+    SHIELD_CONTROL_KEYS_FILE: join(dir, "control-keys.json"),
+    SHIELD_KEYVAULT_URL: FAKE_VAULT,
     SHIELD_LISTEN: "127.0.0.1:0",
     SHIELD_LOG_LEVEL: "debug",
     ...extra,
@@ -80,7 +96,7 @@ describe("main: the default start", () => {
     const bus = new MemoryBus();
     const vault = new FakeVault();
     const key = vault.addOct("orders", "v1", randomBytes(32));
-    const responder = startFakeResponder({ bus, vault, signer });
+    const responder = startFakeResponder({ bus, vault, signer, control });
     const shutdown = new AbortController();
     let running: { agent: Agent; api: KeyApi } | undefined;
     const io = capture();
@@ -112,7 +128,15 @@ describe("main: the default start", () => {
       expect(held.material.every((byte) => byte === 0)).toBe(true);
       expect(running!.agent.state().name).toBe("stopped");
       expect(await readdir(keyDir)).toEqual([]);
-      await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+      // Closed: a new connection is refused, a pooled one is closed; nothing answers.
+      const closed = await fetch(`${url}/healthz`).then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      expect(closed).toBeInstanceOf(TypeError);
+      expect(["ECONNREFUSED", "UND_ERR_SOCKET"]).toContain(
+        (closed as { cause?: { code?: string } }).cause?.code,
+      );
       // Log lines are JSON, and none holds the key.
       const lines = io.err.map((line) => JSON.parse(line) as { message: string });
       expect(lines.some((line) => line.message === "attestation trusted")).toBe(true);
@@ -132,7 +156,7 @@ describe("main: the default start", () => {
     const bus = new MemoryBus();
     const vault = new FakeVault();
     vault.addOct("orders", "v1", randomBytes(32));
-    const responder = startFakeResponder({ bus, vault, signer });
+    const responder = startFakeResponder({ bus, vault, signer, control });
     const shutdown = new AbortController();
     let running: { agent: Agent; api: KeyApi } | undefined;
     const exit = main([], env(agentId, { SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "other.pem") }), {
@@ -148,6 +172,70 @@ describe("main: the default start", () => {
     try {
       await until(() => running?.agent.state().name === "failed");
       expect(running!.agent.state().reason).toBe("ERR_RELEASE_RESPONSE_SIGNATURE");
+      expect((await fetch(`${running!.api.url}/keys/orders`)).status).toBe(403);
+    } finally {
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      await responder.stop();
+      await bus.close();
+    }
+  });
+
+  it("acts only on control messages signed by a key the keys file names", async () => {
+    const agentId = "run-agent-6";
+    const bus = new MemoryBus();
+    const vault = new FakeVault();
+    vault.addOct("orders", "v1", randomBytes(32));
+    const responder = startFakeResponder({ bus, vault, signer, control });
+    const shutdown = new AbortController();
+    let running: { agent: Agent; api: KeyApi } | undefined;
+    const exit = main([], env(agentId, { SHIELD_CONTROL_KEYS_FILE: join(dir, "other-control-keys.json") }), {
+      io: capture(),
+      select: { simulated: { platform } },
+      runtime: {
+        openBus: memoryBus(bus, agentId),
+        shutdown: shutdown.signal,
+        timing: FAST,
+        onRunning: (given) => (running = given),
+      },
+    });
+    try {
+      await until(() => (running?.agent.status().inbox.dropped["ERR_CONTROL_SIGNATURE"] ?? 0) >= 1);
+      // The challenge it asked for cannot be verified: it never attests, and serves nothing.
+      expect(running!.agent.state().name).toBe("attesting");
+      expect(responder.requests).toEqual([]);
+      expect(running!.agent.keys.size).toBe(0);
+      expect((await fetch(`${running!.api.url}/keys/orders`)).status).not.toBe(200);
+    } finally {
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      await responder.stop();
+      await bus.close();
+    }
+  });
+
+  it("takes released keys only from the vault SHIELD_KEYVAULT_URL names", async () => {
+    const agentId = "run-agent-7";
+    const bus = new MemoryBus();
+    const vault = new FakeVault();
+    vault.addOct("orders", "v1", randomBytes(32));
+    const responder = startFakeResponder({ bus, vault, signer, control });
+    const shutdown = new AbortController();
+    let running: { agent: Agent; api: KeyApi } | undefined;
+    const exit = main([], env(agentId, { SHIELD_KEYVAULT_URL: "https://another-vault.vault.azure.net" }), {
+      io: capture(),
+      select: { simulated: { platform } },
+      runtime: {
+        openBus: memoryBus(bus, agentId),
+        shutdown: shutdown.signal,
+        timing: FAST,
+        onRunning: (given) => (running = given),
+      },
+    });
+    try {
+      await until(() => running?.agent.state().name === "failed");
+      expect(running!.agent.state().reason).toBe("ERR_RELEASE_RESPONSE_MALFORMED");
+      expect(running!.agent.keys.size).toBe(0);
       expect((await fetch(`${running!.api.url}/keys/orders`)).status).toBe(403);
     } finally {
       shutdown.abort();
@@ -190,12 +278,27 @@ describe("main: the default start", () => {
     }
   });
 
-  it("exits 2 when the signer CA file or the key directory is unusable", async () => {
-    const cases: Record<string, string>[] = [
-      { SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "missing.pem") },
-      { SHIELD_KEY_DIR: join(dir, "no-such-dir") },
+  it("exits 2 when the signer CA file, the control-plane keys file or the key directory is unusable", async () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [
+        { SHIELD_RELEASE_SIGNER_CA_FILE: join(dir, "missing.pem") },
+        /configuration error: ERR_CONFIG: SHIELD_RELEASE_SIGNER_CA_FILE/,
+      ],
+      [{ SHIELD_KEY_DIR: join(dir, "no-such-dir") }, /configuration error: ERR_CONFIG: SHIELD_KEY_DIR/],
+      [
+        { SHIELD_CONTROL_KEYS_FILE: join(dir, "missing.json") },
+        /configuration error: ERR_CONFIG: SHIELD_CONTROL_KEYS_FILE/,
+      ],
+      [
+        { SHIELD_CONTROL_KEYS_FILE: join(dir, "signer.pem") },
+        /configuration error: ERR_CONFIG: SHIELD_CONTROL_KEYS_FILE/,
+      ],
+      [
+        { SHIELD_CONTROL_KEYS_FILE: join(dir, "private-control-keys.json") },
+        /configuration error: ERR_CONFIG: control-plane key 0: must be a public key/,
+      ],
     ];
-    for (const extra of cases) {
+    for (const [extra, expected] of cases) {
       const io = capture();
       const code = await main([], env("run-agent-4", extra), {
         io,
@@ -203,10 +306,76 @@ describe("main: the default start", () => {
         runtime: { shutdown: new AbortController().signal },
       });
       expect(code).toBe(EXIT_CODES.config);
-      expect(io.err.join("\n")).toMatch(
-        /configuration error: ERR_CONFIG: SHIELD_(RELEASE_SIGNER_CA_FILE|KEY_DIR)/,
-      );
+      expect(io.err.join("\n")).toMatch(expected);
     }
+  });
+
+  it("exits 2 before opening anything when the control-plane keys file or the vault URL is not set", async () => {
+    const without = (name: string): Record<string, string> =>
+      Object.fromEntries(Object.entries(env("run-agent-8")).filter(([key]) => key !== name));
+    for (const name of ["SHIELD_CONTROL_KEYS_FILE", "SHIELD_KEYVAULT_URL"]) {
+      const io = capture();
+      let opened = false;
+      const code = await main([], without(name), {
+        io,
+        select: { simulated: { platform } },
+        runtime: {
+          openBus: () => {
+            opened = true;
+            return Promise.reject(new Error("not to be opened"));
+          },
+          shutdown: new AbortController().signal,
+        },
+      });
+      expect(code).toBe(EXIT_CODES.config);
+      expect(io.err.join("\n")).toContain(`${name}: required`);
+      expect(opened).toBe(false);
+    }
+  });
+
+  it("with SHIELD_KEY_API_TOKEN_FILE the key API asks for that token; a short one stops the start", async () => {
+    const token = randomBytes(33).toString("base64url");
+    await writeFile(join(dir, "key-api-token"), `${token}\n`);
+    await writeFile(join(dir, "short-token"), "too-short\n");
+    const agentId = "run-agent-token";
+    const bus = new MemoryBus();
+    const shutdown = new AbortController();
+    let running: { agent: Agent; api: KeyApi } | undefined;
+    const exit = main([], env(agentId, { SHIELD_KEY_API_TOKEN_FILE: join(dir, "key-api-token") }), {
+      io: capture(),
+      select: { simulated: { platform } },
+      runtime: {
+        openBus: memoryBus(bus, agentId),
+        shutdown: shutdown.signal,
+        timing: FAST,
+        onRunning: (given) => (running = given),
+      },
+    });
+    try {
+      await until(() => running !== undefined);
+      const url = running!.api.url;
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+      const refused = await fetch(`${url}/status`);
+      expect(refused.status).toBe(401);
+      expect(refused.headers.get("www-authenticate")).toMatch(/^Bearer /);
+      const status = await fetch(`${url}/status`, { headers: { authorization: `Bearer ${token}` } });
+      expect(status.status).toBe(200);
+    } finally {
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      await bus.close();
+    }
+
+    const io = capture();
+    const code = await main(
+      [],
+      env("run-agent-token-2", { SHIELD_KEY_API_TOKEN_FILE: join(dir, "short-token") }),
+      { io, select: { simulated: { platform } }, runtime: { shutdown: new AbortController().signal } },
+    );
+    expect(code).toBe(EXIT_CODES.config);
+    const text = io.err.join("\n");
+    expect(text).toContain("configuration error: ERR_CONFIG: SHIELD_KEY_API_TOKEN_FILE");
+    expect(text).not.toContain("too-short");
   });
 
   it("exits 2 without showing the connection string when the bus cannot be opened", async () => {

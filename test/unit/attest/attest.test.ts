@@ -13,9 +13,16 @@ import {
 } from "../../../core/evidence/simulated/sevsnp.js";
 import {
   makeAttestationRequest,
+  makeChallengeRequest,
+  requestDigest,
   type AttestationRequest,
   type AttestationResult,
 } from "../../../core/messages/index.js";
+import { verifyControlMessage } from "../../../core/control/signed.js";
+import { parseReleaseResponse } from "../../../core/keywrap/index.js";
+import { systemRandom } from "../../../core/ports/clock.js";
+import type { AgentMessage } from "../../../core/ports/bus.js";
+import { createTestControlPlane, type TestControlPlane } from "../../support/control.js";
 import { fixedClock } from "../../../core/ports/clock.js";
 import type { StateStore } from "../../../core/ports/state.js";
 import { parseAppraisalPolicy } from "../../../core/appraisal/index.js";
@@ -39,6 +46,7 @@ let runtimeKey: RuntimeKey;
 let vault: LocalKeyVault;
 let state: StateStore;
 let bus: MemoryBus;
+let control: TestControlPlane;
 /** Calls to these state methods fail once with a transient error, in order. */
 let failOnce: Set<string>;
 
@@ -64,7 +72,7 @@ beforeAll(async () => {
   }
 });
 
-function handler() {
+function handler(options: { replayWindowSeconds?: number } = {}) {
   const engine = createLocalAttestationEngine({
     issuer,
     snpTrustedRoots: [platform.ark],
@@ -91,8 +99,9 @@ function handler() {
       keys: createLocalKeyStore(vault),
       tokenKeys: staticSigningKeys(issuer.certsDocument()),
       state: faulty,
-      agents: bus,
+      agents: control.channel(bus, clock),
       clock,
+      random: systemRandom,
       logger: () => undefined,
     },
     {
@@ -101,25 +110,33 @@ function handler() {
       attestationPeriodSeconds: 3600,
       maxDeliveryCount: 3,
       maxResultBytes: 40_000,
+      ...(options.replayWindowSeconds === undefined
+        ? {}
+        : { replayWindowSeconds: options.replayWindowSeconds }),
     },
   );
 }
 
+type Handle = ReturnType<typeof handler>;
+
 let n = 0;
-function request(
-  fields: { agentId?: string; challenge?: string; keys?: string[]; nonceInRuntime?: boolean } = {},
-): AttestationRequest {
+/** An attestation request answering `challenge`, with evidence bound to it (or, to attack, not). */
+function request(fields: {
+  agentId: string;
+  challenge: string;
+  keys?: string[];
+  /** The nonce the runtime data (and so the hardware report) carries; default `challenge`. */
+  boundNonce?: string | null;
+}): AttestationRequest {
   n++;
-  const runtime =
-    fields.challenge !== undefined && fields.nonceInRuntime !== false
-      ? runtimeKey.bindToNonce(fields.challenge)
-      : runtimeKey.runtimeData;
+  const bound = fields.boundNonce === undefined ? fields.challenge : fields.boundNonce;
+  const runtime = bound === null ? runtimeKey.runtimeData : runtimeKey.bindToNonce(bound);
   const report = platform.signReport({
     reportData: runtime.reportData.subarray(0, 32),
     hostData: Buffer.from(HOST_DATA, "hex"),
   });
   return makeAttestationRequest({
-    agentId: fields.agentId ?? `agent-${n}`,
+    agentId: fields.agentId,
     requestId: `req-${n}`,
     workload: "w",
     tee: "sevsnp",
@@ -132,16 +149,50 @@ function request(
     runtimeData: runtime.base64url,
     keys: fields.keys ?? ["k1"],
     sentAt: clock.now(),
-    ...(fields.challenge === undefined ? {} : { challenge: fields.challenge }),
+    challenge: fields.challenge,
   });
 }
 
-async function answer(agentId: string): Promise<AttestationResult> {
+/** The next message to the agent, verified as the agent verifies it (undefined: none came). */
+async function next(agentId: string): Promise<AgentMessage | undefined> {
   const inbox = bus.openAgentInbox(agentId);
-  const received = await inbox.receive(1000);
+  const received = await inbox.receive(200);
   await inbox.close();
-  if (received === undefined) throw new Error("no answer");
-  return received.body as AttestationResult;
+  if (received === undefined) return undefined;
+  const verified = await verifyControlMessage(received.body, {
+    keys: control.keys,
+    agentId,
+    at: clock.now(),
+  });
+  return verified.message;
+}
+
+async function answer(agentId: string): Promise<AttestationResult> {
+  const message = await next(agentId);
+  if (message?.type !== "attestation-result") throw new Error(`no result for ${agentId}`);
+  return message;
+}
+
+/** The protocol's first half: a challenge-request, answered with a signed challenge. */
+async function challengeFor(handle: Handle, agentId: string): Promise<string> {
+  const outcome = await handle(
+    makeChallengeRequest({ agentId, workload: "w", tee: "sevsnp", sentAt: clock.now() }),
+    {
+      messageId: `c-${agentId}-${n}`,
+      deliveryCount: 1,
+    },
+  );
+  expect(outcome).toMatchObject({ challenged: true, settlement: { action: "complete" } });
+  const message = await next(agentId);
+  if (message?.type !== "challenge") throw new Error(`no challenge for ${agentId}`);
+  return message.nonce;
+}
+
+/** A whole attestation: challenge, then evidence bound to it. */
+async function attestFully(handle: Handle, agentId: string, keys = ["k1"]): Promise<AttestationResult> {
+  const challenge = await challengeFor(handle, agentId);
+  await handle(request({ agentId, challenge, keys }), { messageId: `m-${n}`, deliveryCount: 1 });
+  return answer(agentId);
 }
 
 async function setChallenge(agentId: string, nonce: string, deadlineMs = 60_000): Promise<void> {
@@ -156,87 +207,245 @@ const releases = () => vault.stats().calls;
 const nonce = () => randomBytes(24).toString("base64url");
 const code = (r: AttestationResult) => (r.verdict === "trusted" ? "trusted" : r.denial.code);
 
+beforeAll(() => {
+  control = createTestControlPlane();
+});
+
 beforeEach(() => {
   state = createMemoryStateStore();
   bus = createMemoryBus();
   failOnce = new Set();
 });
 
-describe("challenges and standing", () => {
-  it("refuses a challenge answer whose runtime data does not carry the nonce (replayed old evidence)", async () => {
+describe("challenges: every release answers a fresh nonce issued to that agent", () => {
+  it("answers a challenge-request with a signed challenge of 32 random bytes, recorded before it is sent", async () => {
     const handle = handler();
-    const first = request();
-    await handle(first, { messageId: "m1", deliveryCount: 1 });
-    expect(code(await answer(first.agentId))).toBe("trusted");
-    const challenge = nonce();
-    await setChallenge(first.agentId, challenge);
+    const challenge = await challengeFor(handle, "agent-new");
+    expect(Buffer.from(challenge, "base64url")).toHaveLength(32);
+    const agent = await state.getAgent("agent-new");
+    expect(agent).toMatchObject({ status: "new", challenge: { nonce: challenge } });
+    expect(agent?.challenge?.deadline.getTime()).toBe(clock.now().getTime() + 300_000);
+  });
+
+  it("sends the open challenge again instead of replacing it, and a new one once it is used", async () => {
+    const handle = handler();
+    const first = await challengeFor(handle, "agent-a");
+    expect(await challengeFor(handle, "agent-a")).toBe(first);
+    await handle(request({ agentId: "agent-a", challenge: first }), { messageId: "m", deliveryCount: 1 });
+    expect(code(await answer("agent-a"))).toBe("trusted");
+    const second = await challengeFor(handle, "agent-a");
+    expect(second).not.toBe(first);
+  });
+
+  it("signs two messages per attestation (challenge, result), and Key Vault sees the nonce", async () => {
+    const handle = handler();
+    const before = control.signer.signatures;
+    const releasesBefore = releases();
+    const challenge = await challengeFor(handle, "agent-count");
+    await handle(request({ agentId: "agent-count", challenge, keys: ["k1", "k2"] }), {
+      messageId: "m",
+      deliveryCount: 1,
+    });
+    const result = await answer("agent-count");
+    expect(control.signer.signatures - before).toBe(2);
+    expect(releases() - releasesBefore).toBe(2);
+    if (result.verdict !== "trusted") throw new Error("not trusted");
+    for (const key of result.keys) {
+      // The challenge nonce went to Key Vault as the release nonce, and Key Vault signed it back.
+      expect(parseReleaseResponse(key.releaseResponse).nonce).toBe(challenge);
+    }
+  });
+
+  it("refuses a request captured once and replayed under a new agent id, at any time, with no release", async () => {
+    const handle = handler();
+    const challenge = await challengeFor(handle, "agent-victim");
+    const captured = request({ agentId: "agent-victim", challenge });
+    await handle(captured, { messageId: "m1", deliveryCount: 1 });
+    expect(code(await answer("agent-victim"))).toBe("trusted");
+    for (const laterMs of [0, 45 * 24 * 3600_000]) {
+      clock.advance(laterMs);
+      const before = releases();
+      const thief = `agent-thief-${laterMs}`;
+      // Without a challenge of its own, and with one: neither is the nonce the evidence binds.
+      await handle(
+        { ...captured, agentId: thief, requestId: `copy-${laterMs}` },
+        { messageId: "m2", deliveryCount: 1 },
+      );
+      expect(code(await answer(thief))).toBe("ERR_CHALLENGE_UNKNOWN");
+      const own = await challengeFor(handle, thief);
+      await handle(
+        { ...captured, agentId: thief, requestId: `copy2-${laterMs}`, challenge: own },
+        {
+          messageId: "m3",
+          deliveryCount: 1,
+        },
+      );
+      expect(code(await answer(thief))).toBe("ERR_CHALLENGE_MISMATCH");
+      expect(releases()).toBe(before);
+      expect((await state.getAgent(thief))?.status).toBe("new");
+    }
+  });
+
+  it("refuses a replay of an answered request under the same agent id once the replay window passed, sending nothing", async () => {
+    const handle = handler({ replayWindowSeconds: 600 });
+    const challenge = await challengeFor(handle, "agent-r");
+    const original = request({ agentId: "agent-r", challenge });
+    await handle(original, { messageId: "m1", deliveryCount: 1 });
+    expect(code(await answer("agent-r"))).toBe("trusted");
+    // Within the window: a redelivery, answered again from the record without a release.
     const before = releases();
-    const stale = request({ agentId: first.agentId, challenge, nonceInRuntime: false });
-    await handle(stale, { messageId: "m2", deliveryCount: 1 });
-    expect(code(await answer(first.agentId))).toBe("ERR_TOKEN_NONCE");
+    expect(await handle(original, { messageId: "m1", deliveryCount: 2 })).toMatchObject({ replayed: true });
+    expect(code(await answer("agent-r"))).toBe("trusted");
+    clock.advance(601_000);
+    const late = await handle(original, { messageId: "m9", deliveryCount: 1 });
+    expect(late).toMatchObject({ verdict: "denied", settlement: { action: "complete" } });
+    expect(await next("agent-r")).toBeUndefined();
+    expect(releases()).toBe(before);
+    const audit = await state.listAudit("agent-agent-r");
+    expect(audit.map((e) => e.kind)).toContain("request-replayed");
+  });
+
+  it("binds every answer to the request's digest, so a doctored copy under the agent's request id steers nothing", async () => {
+    const handle = handler();
+    expect(code(await attestFully(handle, "agent-d"))).toBe("trusted");
+    const challenge = await challengeFor(handle, "agent-d");
+    const genuine = request({ agentId: "agent-d", challenge });
+    // Seen on the bus and copied first, with evidence the attacker made up (another report).
+    const other = platform.signReport({
+      reportData: Buffer.alloc(32, 9),
+      hostData: Buffer.from(HOST_DATA, "hex"),
+    });
+    const doctored: AttestationRequest = {
+      ...genuine,
+      evidence: {
+        ...genuine.evidence,
+        report: other.toString("base64url"),
+      } as AttestationRequest["evidence"],
+    };
+    const before = releases();
+    await handle(doctored, { messageId: "evil", deliveryCount: 1 });
+    const denial = await answer("agent-d");
+    expect(denial.verdict).toBe("denied");
+    // The control plane signed a denial, but for the doctored request: the agent's digest differs.
+    expect(denial.requestDigest).toBe(requestDigest(doctored));
+    expect(denial.requestDigest).not.toBe(requestDigest(genuine));
+    // The genuine request under the now-used id: a freshness refusal bound to it, not a verdict.
+    await handle(genuine, { messageId: "good", deliveryCount: 1 });
+    const refused = await answer("agent-d");
+    expect(refused).toMatchObject({ verdict: "denied", requestDigest: requestDigest(genuine) });
+    expect(code(refused)).toBe("ERR_REQUEST_REPLAYED");
+    expect(releases()).toBe(before);
+    expect((await state.getAgent("agent-d"))?.status).toBe("trusted");
+  });
+
+  it("refuses a request without a challenge field: the schema requires one", async () => {
+    const handle = handler();
+    const challenge = await challengeFor(handle, "agent-x");
+    const { challenge: _dropped, ...unchallenged } = request({ agentId: "agent-x", challenge });
+    const before = releases();
+    const outcome = await handle(unchallenged, { messageId: "m", deliveryCount: 1 });
+    expect(outcome.verdict).toBe("denied");
+    expect(code(await answer("agent-x"))).toBe("ERR_MESSAGE_SCHEMA");
     expect(releases()).toBe(before);
   });
 
-  it("refuses an unchallenged request while a challenge is pending", async () => {
+  it("refuses a request whose challenge field is bogus while its runtime data carries the real nonce", async () => {
     const handle = handler();
-    const agentId = "agent-pending";
-    await setChallenge(agentId, nonce());
-    await handle(request({ agentId }), { messageId: "m", deliveryCount: 1 });
-    expect(code(await answer(agentId))).toBe("ERR_TOKEN_NONCE");
+    const real = await challengeFor(handle, "agent-b");
+    const before = releases();
+    await handle(request({ agentId: "agent-b", challenge: nonce(), boundNonce: real }), {
+      messageId: "m",
+      deliveryCount: 1,
+    });
+    expect(code(await answer("agent-b"))).toBe("ERR_CHALLENGE_UNKNOWN");
+    expect(releases()).toBe(before);
+    // The real nonce is still open: the agent's own answer goes through.
+    await handle(request({ agentId: "agent-b", challenge: real }), { messageId: "m2", deliveryCount: 1 });
+    expect(code(await answer("agent-b"))).toBe("trusted");
+  });
+
+  it("refuses a challenge answer whose runtime data does not carry the nonce (replayed old evidence)", async () => {
+    const handle = handler();
+    const challenge = await challengeFor(handle, "agent-c");
+    const before = releases();
+    await handle(request({ agentId: "agent-c", challenge, boundNonce: null }), {
+      messageId: "m",
+      deliveryCount: 1,
+    });
+    expect(code(await answer("agent-c"))).toBe("ERR_CHALLENGE_MISMATCH");
+    expect(releases()).toBe(before);
+  });
+
+  it("refuses an answer after the deadline", async () => {
+    const handle = handler();
+    const challenge = await challengeFor(handle, "agent-late");
+    clock.advance(301_000);
+    const before = releases();
+    await handle(request({ agentId: "agent-late", challenge }), { messageId: "m", deliveryCount: 1 });
+    expect(code(await answer("agent-late"))).toBe("ERR_CHALLENGE_EXPIRED");
+    expect(releases()).toBe(before);
   });
 
   it("releases nothing to a revoked agent, even for evidence that once passed", async () => {
     const handle = handler();
-    const first = request();
-    await handle(first, { messageId: "m1", deliveryCount: 1 });
-    expect(code(await answer(first.agentId))).toBe("trusted");
-    await changeAgent(state, first.agentId, (current) => ({
+    expect(code(await attestFully(handle, "agent-rev"))).toBe("trusted");
+    await changeAgent(state, "agent-rev", (current) => ({
       ...current!,
       status: "revoked",
       statusReason: "ERR_POLICY_DENIED",
       updatedAt: clock.now(),
     }));
     const before = releases();
-    await handle({ ...first, requestId: "replay-1" }, { messageId: "m2", deliveryCount: 1 });
-    expect(code(await answer(first.agentId))).toBe("ERR_AGENT_REVOKED");
+    expect(code(await attestFully(handle, "agent-rev"))).toBe("ERR_AGENT_REVOKED");
     expect(releases()).toBe(before);
-    expect((await state.getAgent(first.agentId))?.status).toBe("revoked");
+    expect((await state.getAgent("agent-rev"))?.status).toBe("revoked");
   });
 
   it("does not let a request naming someone else's agent id change that agent's standing", async () => {
     const handle = handler();
-    const victim = request();
-    await handle(victim, { messageId: "m1", deliveryCount: 1 });
-    expect(code(await answer(victim.agentId))).toBe("trusted");
-    const spoof = request({ agentId: victim.agentId, challenge: nonce() });
+    expect(code(await attestFully(handle, "agent-v"))).toBe("trusted");
+    const spoof = request({ agentId: "agent-v", challenge: nonce() });
     await handle(spoof, { messageId: "m2", deliveryCount: 1 });
-    expect(code(await answer(victim.agentId))).toBe("ERR_TOKEN_NONCE");
-    expect((await state.getAgent(victim.agentId))?.status).toBe("trusted");
+    expect(code(await answer("agent-v"))).toBe("ERR_CHALLENGE_UNKNOWN");
+    expect((await state.getAgent("agent-v"))?.status).toBe("trusted");
   });
 
   it("uses a challenge once, but lets the same request finish after a transient failure", async () => {
     const handle = handler();
-    const first = request();
-    await handle(first, { messageId: "m1", deliveryCount: 1 });
-    await answer(first.agentId);
-    const challenge = nonce();
-    await setChallenge(first.agentId, challenge);
-    const reply = request({ agentId: first.agentId, challenge, keys: ["k1"] });
+    const challenge = await challengeFor(handle, "agent-once");
+    const reply = request({ agentId: "agent-once", challenge, keys: ["k1"] });
     failOnce.add("recordAttestation"); // after the nonce is consumed and the key released
     const retried = await handle(reply, { messageId: "m2", deliveryCount: 1 });
     expect(retried.settlement.action).toBe("retry");
-    await handle(reply, { messageId: "m2", deliveryCount: 2 });
-    expect(code(await answer(first.agentId))).toBe("trusted");
-    const other = request({ agentId: first.agentId, challenge, keys: ["k1"] });
+    // Another request answering the consumed nonce, before the first finished.
+    const other = request({ agentId: "agent-once", challenge, keys: ["k1"] });
     await handle(other, { messageId: "m3", deliveryCount: 1 });
-    expect(code(await answer(first.agentId))).toBe("ERR_TOKEN_NONCE");
+    expect(code(await answer("agent-once"))).toBe("ERR_CHALLENGE_USED");
+    await handle(reply, { messageId: "m2", deliveryCount: 2 });
+    expect(code(await answer("agent-once"))).toBe("trusted");
+    // Once answered, the nonce is gone from the record altogether.
+    const third = request({ agentId: "agent-once", challenge, keys: ["k1"] });
+    await handle(third, { messageId: "m4", deliveryCount: 1 });
+    expect(code(await answer("agent-once"))).toBe("ERR_CHALLENGE_UNKNOWN");
+  });
+
+  it("uses setChallenge's record as the re-attestation timer writes it", async () => {
+    const handle = handler();
+    const challenge = nonce();
+    await setChallenge("agent-timer", challenge);
+    await handle(request({ agentId: "agent-timer", challenge }), { messageId: "m", deliveryCount: 1 });
+    expect(code(await answer("agent-timer"))).toBe("trusted");
   });
 });
 
 describe("settlement and idempotency", () => {
   it("does not release again when the records fail after the answer was stored", async () => {
     const handle = handler();
-    const message = request({ keys: ["k1", "k2"] });
+    const message = request({
+      agentId: "agent-i1",
+      challenge: await challengeFor(handler(), "agent-i1"),
+      keys: ["k1", "k2"],
+    });
     const before = releases();
     failOnce.add("appendAudit");
     const first = await handle(message, { messageId: "m", deliveryCount: 1 });
@@ -251,7 +460,7 @@ describe("settlement and idempotency", () => {
 
   it("answers and dead-letters on the last delivery when another invocation holds the request", async () => {
     const handle = handler();
-    const message = request();
+    const message = request({ agentId: "agent-i2", challenge: await challengeFor(handler(), "agent-i2") });
     await state.claimRequest(
       { scope: message.agentId, requestId: message.requestId },
       { at: clock.now(), leaseUntil: new Date(clock.now().getTime() + 600_000) },
@@ -265,21 +474,29 @@ describe("settlement and idempotency", () => {
 
   it("treats a missing key as the operator's error: no denial of the agent, the released key on record", async () => {
     const handle = handler();
-    const message = request({ keys: ["k1", "no-such-key"] });
+    const message = request({
+      agentId: "agent-i3",
+      challenge: await challengeFor(handler(), "agent-i3"),
+      keys: ["k1", "no-such-key"],
+    });
     const before = releases();
     await handle(message, { messageId: "m", deliveryCount: 1 });
     const result = await answer(message.agentId);
     expect(result.verdict).toBe("error");
     expect(code(result)).toBe("ERR_CONFIG");
     expect(releases() - before).toBe(2);
-    expect((await state.getAgent(message.agentId))?.status).toBeUndefined();
+    expect((await state.getAgent(message.agentId))?.status).toBe("new");
     const audit = await state.listAudit("key-k1");
     expect(audit.map((e) => e.kind)).toContain("key-release-discarded");
   });
 
   it("refuses more keys than one answer can carry before releasing any", async () => {
     const handle = handler();
-    const message = request({ keys: ["k1", "k2", "k3", "k4", "k5", "k6"] });
+    const message = request({
+      agentId: "agent-i4",
+      challenge: await challengeFor(handler(), "agent-i4"),
+      keys: ["k1", "k2", "k3", "k4", "k5", "k6"],
+    });
     const before = releases();
     await handle(message, { messageId: "m", deliveryCount: 1 });
     expect(code(await answer(message.agentId))).toBe("ERR_INPUT_TOO_LARGE");

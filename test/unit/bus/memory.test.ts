@@ -5,13 +5,25 @@
 import { randomUUID } from "node:crypto";
 import { afterEach, describe, expect, it } from "vitest";
 import { MemoryBus } from "../../../adapters/local/bus/memory.js";
-import { makeAttestationRequest, makeAttestationResult } from "../../../core/messages/index.js";
+import { verifyControlMessage } from "../../../core/control/signed.js";
+import {
+  makeAttestationRequest,
+  makeAttestationResult,
+  makeChallengeRequest,
+} from "../../../core/messages/index.js";
 import { fixedClock } from "../../../core/ports/clock.js";
-import { MAX_DELIVERY_COUNT_EXCEEDED } from "../../../core/ports/bus.js";
+import {
+  MAX_DELIVERY_COUNT_EXCEEDED,
+  agentMessageId,
+  requestMessageId,
+  type SignedAgentMessage,
+} from "../../../core/ports/bus.js";
+import { createTestControlPlane } from "../../support/control.js";
 
 const SENT_AT = new Date("2026-03-01T12:00:00Z");
 const AGENT = "payments.pod-7f9c:0";
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const control = createTestControlPlane();
 
 function request(requestId = randomUUID()) {
   return makeAttestationRequest({
@@ -21,6 +33,7 @@ function request(requestId = randomUUID()) {
     tee: "sgx",
     evidence: { tee: "sgx", format: "dcap-quote", quote: Buffer.alloc(600, 7).toString("base64url") },
     runtimeData: Buffer.alloc(300, 1).toString("base64url"),
+    challenge: Buffer.alloc(32, 2).toString("base64url"),
     keys: ["payments-db"],
     sentAt: SENT_AT,
   });
@@ -35,6 +48,9 @@ function result() {
     sentAt: SENT_AT,
   });
 }
+
+/** A result signed for AGENT by the test control plane. */
+const signed = (): Promise<SignedAgentMessage> => control.sign(result());
 
 /** Timers that keep the event loop alive (unref'd timers are not counted). */
 const liveTimers = (): number => process.getActiveResourcesInfo().filter((kind) => kind === "Timeout").length;
@@ -63,6 +79,23 @@ describe("in-process bus", () => {
     expect((await receiver.readDeadLetters()).map((entry) => [entry.reason, entry.deliveryCount])).toEqual([
       [MAX_DELIVERY_COUNT_EXCEEDED, 10],
     ]);
+  });
+
+  it("uses the signed id for agent messages and a digest for challenge requests", async () => {
+    const bus = open();
+    const sent = await signed();
+    await bus.sendToAgent(AGENT, sent);
+    const got = await bus.openAgentInbox(AGENT).receive(100);
+    expect(got?.messageId).toBe(agentMessageId(sent));
+    expect(got?.messageId).toBe(`attestation-result-${sent.messageId}`);
+    const receiver = bus.openRequestReceiver();
+    const asked = makeChallengeRequest({ agentId: AGENT, workload: "payments", tee: "sgx", sentAt: SENT_AT });
+    await bus.sendRequest(asked);
+    const request = await receiver.receive(100);
+    expect(request?.messageId).toBe(requestMessageId(asked));
+    expect(request?.messageId).toMatch(/^challenge-request-[0-9a-f]{40}$/);
+    expect(request?.body).toEqual(asked);
+    await request?.complete();
   });
 
   it("uses message id = request id, and stamps times from its clock", async () => {
@@ -119,8 +152,9 @@ describe("in-process bus", () => {
     const inbox = bus.openAgentInbox(AGENT);
     const waiting = inbox.receive(5_000);
     await sleep(20);
+    const message = await signed();
     const sentAt = Date.now();
-    await bus.sendToAgent(AGENT, result());
+    await bus.sendToAgent(AGENT, message);
     expect(await waiting).toBeDefined();
     expect(Date.now() - sentAt).toBeLessThan(50);
   });
@@ -137,17 +171,34 @@ describe("in-process bus", () => {
     await bus.close();
     expect(await Promise.all(waiting)).toEqual([undefined, undefined]);
     await expect(locked!.complete()).rejects.toMatchObject({ code: "ERR_CONFLICT" });
-    await expect(bus.sendToAgent(AGENT, result())).rejects.toThrow(TypeError);
+    await expect(bus.sendToAgent(AGENT, await signed())).rejects.toThrow(TypeError);
     expect(() => bus.openAgentInbox(AGENT)).toThrow(TypeError);
   });
 
-  it("copies bodies: a receiver never shares an object with the sender", async () => {
+  it("copies bodies: a receiver never shares an object with the sender, nor sees it change", async () => {
     const bus = open();
-    const sent = result();
+    const message = result();
+    const original = await control.sign(message);
+    const sent = { ...original };
     await bus.sendToAgent(AGENT, sent);
+    // Changing the sent object afterwards changes nothing on the queue.
+    Object.assign(sent, { jws: (await signed()).jws, messageId: "changed" });
     const got = await bus.openAgentInbox(AGENT).receive(10);
-    expect(got?.body).toEqual(sent);
-    expect(got?.body).not.toBe(sent);
+    expect(got?.body).toBe(original.jws);
+    const verified = await verifyControlMessage(got?.body, {
+      keys: control.keys,
+      agentId: AGENT,
+      at: new Date(),
+    });
+    expect(verified).toMatchObject({ message, messageId: original.messageId });
+
+    const receiver = bus.openRequestReceiver();
+    const asked = request();
+    await bus.sendRequest(asked);
+    const copy = await receiver.receive(10);
+    expect(copy?.body).toEqual(asked);
+    expect(copy?.body).not.toBe(asked);
+    await copy?.complete();
   });
 
   it("refuses bad options as caller errors", () => {

@@ -2,11 +2,18 @@
  * The Service Bus adapters against a hand-written fake of the SDK surface they use (sender,
  * acceptSession, session receiver). There is no broker or emulator here, so these tests pin
  * what the adapters ask of the SDK — queue, session id, message id, content type, application
- * properties, body bytes, settlement and lock renewal — not how Service Bus answers.
+ * properties, body bytes, settlement and lock renewal — not how Service Bus answers. Messages to
+ * agents are signed by the test control plane; their body is the JWS text.
  */
 import { randomUUID } from "node:crypto";
-import type { ServiceBusMessage, ServiceBusSessionReceiverOptions } from "@azure/service-bus";
-import { afterEach, describe, expect, it } from "vitest";
+import type { TokenCredential } from "@azure/core-auth";
+import type * as ServiceBusSdk from "@azure/service-bus";
+import type {
+  ServiceBusClientOptions,
+  ServiceBusMessage,
+  ServiceBusSessionReceiverOptions,
+} from "@azure/service-bus";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   createServiceBusAgentChannel,
   createServiceBusAgentInbox,
@@ -20,18 +27,40 @@ import {
   type ServiceBusSenderLike,
   type ServiceBusSessionReceiverLike,
 } from "../../../adapters/servicebus/client.js";
+import { verifyControlMessage } from "../../../core/control/signed.js";
 import { ShieldError } from "../../../core/errors.js";
 import {
   makeAttestationRequest,
   makeAttestationResult,
   makeChallenge,
+  makeChallengeRequest,
   makeKeyEvent,
 } from "../../../core/messages/index.js";
-import { agentMessageId } from "../../../core/ports/bus.js";
+import {
+  agentMessageId,
+  requestMessageId,
+  type AgentMessage,
+  type SignedAgentMessage,
+} from "../../../core/ports/bus.js";
 import type { LogFields, LogLevel } from "../../../core/ports/logger.js";
+import { createTestControlPlane } from "../../support/control.js";
+
+/** Real SDK clients built in this file: the SDK's own class, counted as it is constructed. */
+const sdkClients = vi.hoisted(() => ({ built: 0 }));
+vi.mock("@azure/service-bus", async (importOriginal) => {
+  const sdk = await importOriginal<typeof ServiceBusSdk>();
+  class CountedServiceBusClient extends sdk.ServiceBusClient {
+    constructor(namespace: string, credential: TokenCredential, options?: ServiceBusClientOptions) {
+      super(namespace, credential, options);
+      sdkClients.built += 1;
+    }
+  }
+  return { ...sdk, ServiceBusClient: CountedServiceBusClient };
+});
 
 const SENT_AT = new Date("2026-03-01T12:00:00Z");
 const AGENT = "payments.pod-7f9c:0";
+const control = createTestControlPlane();
 
 function result(agentId = AGENT, requestId = randomUUID()) {
   return makeAttestationResult({
@@ -51,9 +80,27 @@ function request(agentId = AGENT) {
     tee: "sgx",
     evidence: { tee: "sgx", format: "dcap-quote", quote: Buffer.alloc(600, 7).toString("base64url") },
     runtimeData: Buffer.alloc(300, 1).toString("base64url"),
+    challenge: Buffer.alloc(32, 2).toString("base64url"),
     keys: ["payments-db"],
     sentAt: SENT_AT,
   });
+}
+
+/** A result signed for its agent by the test control plane. */
+const signedResult = (agentId = AGENT): Promise<SignedAgentMessage> => control.sign(result(agentId));
+
+/** The body is the JWS text byte for byte, and it verifies for the agent to the message signed. */
+async function expectSignedBody(body: unknown, signed: SignedAgentMessage, message?: AgentMessage) {
+  const text = Buffer.isBuffer(body) ? body.toString("utf8") : body;
+  expect(text).toBe(signed.jws);
+  if (Buffer.isBuffer(body)) expect(body.equals(Buffer.from(signed.jws, "utf8"))).toBe(true);
+  const verified = await verifyControlMessage(text, {
+    keys: control.keys,
+    agentId: signed.agentId,
+    at: new Date(),
+  });
+  expect(verified.messageId).toBe(signed.messageId);
+  if (message !== undefined) expect(verified.message).toEqual(message);
 }
 
 class SdkError extends Error {
@@ -201,63 +248,78 @@ async function caught(promise: Promise<unknown>): Promise<ShieldError> {
 }
 
 describe("Service Bus agent channel (functions → agent)", () => {
-  it("posts to the agent's session on attestation-results with a stable id and no body secrets in properties", async () => {
+  it("posts the JWS to the agent's session on attestation-results with its signed id and no body secrets in properties", async () => {
     const client = new FakeServiceBus();
     const channel = createServiceBusAgentChannel({ client });
     const message = result();
-    await channel.sendToAgent(AGENT, message);
+    const signed = await control.sign(message);
+    await channel.sendToAgent(AGENT, signed);
     expect(client.sent).toHaveLength(1);
     const [{ queue, message: sent }] = client.sent as [{ queue: string; message: ServiceBusMessage }];
     expect(queue).toBe("attestation-results");
     expect(sent.sessionId).toBe(AGENT);
-    expect(sent.contentType).toBe("application/json");
-    expect(sent.messageId).toBe(agentMessageId(AGENT, message));
-    expect(sent.messageId).toMatch(/^attestation-result-[0-9a-f]{40}$/);
+    expect(sent.contentType).toBe("application/jose");
+    expect(sent.messageId).toBe(agentMessageId(signed));
+    expect(sent.messageId).toBe(`attestation-result-${signed.messageId}`);
     expect(sent.applicationProperties).toEqual({ type: "attestation-result", version: 1 });
     expect(Buffer.isBuffer(sent.body)).toBe(true);
-    expect(JSON.parse((sent.body as Buffer).toString("utf8"))).toEqual(message);
+    await expectSignedBody(sent.body, signed, message);
     expect(Object.keys(sent).sort()).toEqual(
       ["applicationProperties", "body", "contentType", "messageId", "sessionId"].sort(),
     );
   });
 
-  it("gives the same message the same id every time, and each agent its own", async () => {
+  it("gives one signed message the same id every time, and every signing and agent its own", async () => {
     const client = new FakeServiceBus();
     const channel = createServiceBusAgentChannel({ client, resultsQueue: "results-test" });
-    const message = result();
+    const message = await signedResult();
     await channel.sendToAgent(AGENT, message);
     await channel.sendToAgent(AGENT, message);
-    const event = makeKeyEvent({
-      event: "revoked",
-      keyName: "payments-db",
-      keyVersion: "abc",
-      sentAt: SENT_AT,
-    });
-    await channel.sendToAgent("agent-a", event);
-    await channel.sendToAgent("agent-b", event);
+    const event = (agentId: string) =>
+      makeKeyEvent({ agentId, event: "revoked", keyName: "payments-db", keyVersion: "abc", sentAt: SENT_AT });
+    await channel.sendToAgent("agent-a", await control.sign(event("agent-a")));
+    await channel.sendToAgent("agent-b", await control.sign(event("agent-b")));
     const ids = client.sent.map((entry) => entry.message.messageId);
     expect(ids[0]).toBe(ids[1]);
     expect(ids[2]).not.toBe(ids[3]);
+    expect(new Set([ids[0], ids[2], ids[3]]).size).toBe(3);
+    expect(client.sent.map((entry) => entry.message.applicationProperties?.["type"])).toEqual([
+      "attestation-result",
+      "attestation-result",
+      "key-event",
+      "key-event",
+    ]);
     expect(client.sent.map((entry) => entry.queue)).toEqual(Array(4).fill("results-test"));
     expect(client.sent.map((entry) => entry.message.sessionId)).toEqual([AGENT, AGENT, "agent-a", "agent-b"]);
     // One sender, created on first use.
     expect(client.senders).toHaveLength(1);
   });
 
-  it("refuses a message addressed to another agent, and an oversize body, before sending", async () => {
+  it("refuses a message addressed to another agent, an unsigned one, and an oversize body, before sending", async () => {
     const client = new FakeServiceBus();
     const challenge = (nonceChars: number) =>
-      makeChallenge({ agentId: AGENT, nonce: "n".repeat(nonceChars), deadline: SENT_AT, sentAt: SENT_AT });
-    const maxBodyBytes = Buffer.byteLength(JSON.stringify(challenge(100)));
+      control.sign(
+        makeChallenge({ agentId: AGENT, nonce: "n".repeat(nonceChars), deadline: SENT_AT, sentAt: SENT_AT }),
+      );
+    const [fits, over] = [await challenge(100), await challenge(103)];
+    const maxBodyBytes = Buffer.byteLength(fits.jws);
+    const overBytes = Buffer.byteLength(over.jws);
+    expect(overBytes).toBeGreaterThan(maxBodyBytes);
     const channel = createServiceBusAgentChannel({ client, maxBodyBytes });
-    await expect(channel.sendToAgent("someone-else", result())).rejects.toThrow(TypeError);
-    await channel.sendToAgent(AGENT, challenge(100));
-    const error = await caught(channel.sendToAgent(AGENT, challenge(101)));
+    await expect(channel.sendToAgent("someone-else", await signedResult())).rejects.toThrow(
+      /addressed to another agent/,
+    );
+    await expect(channel.sendToAgent(AGENT, result() as unknown as SignedAgentMessage)).rejects.toThrow(
+      /must be signed/,
+    );
+    await channel.sendToAgent(AGENT, fits);
+    const error = await caught(channel.sendToAgent(AGENT, over));
     expect(error.code).toBe("ERR_INPUT_TOO_LARGE");
     expect(error.violations).toEqual([
-      { field: "body", expected: `at most ${maxBodyBytes} bytes`, actual: `${maxBodyBytes + 1} bytes` },
+      { field: "body", expected: `at most ${maxBodyBytes} bytes`, actual: `${overBytes} bytes` },
     ]);
     expect(client.sent).toHaveLength(1);
+    await expectSignedBody(client.sent[0]?.message.body, fits);
   });
 
   it("maps SDK failures to typed errors: transient ones retryable, configuration ones not", async () => {
@@ -272,9 +334,10 @@ describe("Service Bus agent channel (functions → agent)", () => {
       ["MessageSizeExceeded", "ERR_INPUT_TOO_LARGE", false],
       ["SomethingNew", "ERR_IO", false],
     ];
+    const signed = await signedResult();
     for (const [sdkCode, code, transient] of cases) {
       client.failSend = sdkCode;
-      const error = await caught(channel.sendToAgent(AGENT, result()));
+      const error = await caught(channel.sendToAgent(AGENT, signed));
       expect([error.code, error.transient]).toEqual([code, transient]);
       expect(error.message).toContain(sdkCode);
     }
@@ -284,7 +347,7 @@ describe("Service Bus agent channel (functions → agent)", () => {
   it("closes its sender, and leaves a client it was given to its owner", async () => {
     const client = new FakeServiceBus();
     const channel = createServiceBusAgentChannel({ client });
-    await channel.sendToAgent(AGENT, result());
+    await channel.sendToAgent(AGENT, await signedResult());
     await channel.close();
     expect(client.senders[0]?.closed).toBe(true);
     expect(client.closed).toBe(false);
@@ -304,6 +367,23 @@ describe("Service Bus request channel (agent → functions)", () => {
     expect(message.contentType).toBe("application/json");
     expect(message.applicationProperties).toEqual({ type: "attestation-request", version: 1 });
     expect(JSON.parse((message.body as Buffer).toString("utf8"))).toEqual(sent);
+  });
+
+  it("posts a challenge request as JSON with a digest message id and no session", async () => {
+    const client = new FakeServiceBus();
+    const channel = createServiceBusRequestChannel({ client });
+    const sent = makeChallengeRequest({ agentId: AGENT, workload: "payments", tee: "sgx", sentAt: SENT_AT });
+    await channel.sendRequest(sent);
+    const [{ queue, message }] = client.sent as [{ queue: string; message: ServiceBusMessage }];
+    expect(queue).toBe("attestation-requests");
+    expect(message.messageId).toBe(requestMessageId(sent));
+    expect(message.messageId).toMatch(/^challenge-request-[0-9a-f]{40}$/);
+    expect(message.sessionId).toBeUndefined();
+    expect(message.contentType).toBe("application/json");
+    expect(message.applicationProperties).toEqual({ type: "challenge-request", version: 1 });
+    expect((message.body as Buffer).equals(Buffer.from(JSON.stringify(sent), "utf8"))).toBe(true);
+    await expect(channel.sendRequest({ ...sent, agentId: "has space" })).rejects.toThrow(TypeError);
+    expect(client.sent).toHaveLength(1);
   });
 
   it("refuses a body over the limit (256 KiB by default) before sending", async () => {
@@ -332,11 +412,12 @@ describe("Service Bus agent inbox", () => {
     const client = new FakeServiceBus();
     const channel = createServiceBusAgentChannel({ client });
     const inbox = open(client);
-    const sent = result();
+    const message = result();
+    const sent = await control.sign(message);
     await channel.sendToAgent(AGENT, sent);
     const got = await inbox.receive(1_000);
-    expect(got?.body).toEqual(sent);
-    expect(got?.messageId).toBe(agentMessageId(AGENT, sent));
+    await expectSignedBody(got?.body, sent, message);
+    expect(got?.messageId).toBe(agentMessageId(sent));
     expect(got?.deliveryCount).toBe(1);
     expect(got?.enqueuedAt).toBeInstanceOf(Date);
     expect(client.accepted).toEqual([
@@ -467,21 +548,52 @@ describe("Service Bus client", () => {
   });
 
   it("builds nothing until first use, and closes cleanly when never used", async () => {
-    const channel = createServiceBusAgentChannel({
-      fullyQualifiedNamespace: "ns.servicebus.windows.net",
-      credential,
-    });
-    const inbox = createServiceBusAgentInbox({
-      fullyQualifiedNamespace: "ns.servicebus.windows.net",
-      credential,
-      agentId: AGENT,
-    });
+    // From a namespace: making and closing the adapters builds no SDK client.
+    const built = sdkClients.built;
+    const fullyQualifiedNamespace = "ns.servicebus.windows.net";
+    const unused = [
+      createServiceBusAgentChannel({ fullyQualifiedNamespace, credential }),
+      createServiceBusRequestChannel({ fullyQualifiedNamespace, credential }),
+      createServiceBusAgentInbox({ fullyQualifiedNamespace, credential, agentId: AGENT }),
+    ];
+    for (const adapter of unused) await adapter.close();
+    expect(sdkClients.built).toBe(built);
+
+    // From a given client: no sender until the first send, no session receiver until the first
+    // receive, then one each.
+    const client = new FakeServiceBus();
+    const channel = createServiceBusAgentChannel({ client });
+    const requests = createServiceBusRequestChannel({ client });
+    const inbox = createServiceBusAgentInbox({ client, agentId: AGENT });
+    expect(client.senders).toEqual([]);
+    expect(client.accepted).toEqual([]);
+    await channel.sendToAgent(AGENT, await signedResult());
+    await channel.sendToAgent(AGENT, await signedResult());
+    expect(client.senders.map((sender) => sender.queue)).toEqual(["attestation-results"]);
+    await requests.sendRequest(request());
+    expect(client.senders.map((sender) => sender.queue)).toEqual([
+      "attestation-results",
+      "attestation-requests",
+    ]);
+    expect(client.accepted).toEqual([]);
+    await inbox.receive(1_000);
+    await inbox.receive(1_000);
+    expect(client.accepted.map(({ queue, sessionId }) => [queue, sessionId])).toEqual([
+      ["attestation-results", AGENT],
+    ]);
     await channel.close();
+    await requests.close();
     await inbox.close();
+    expect(client.senders.map((sender) => sender.closed)).toEqual([true, true]);
+    expect(client.receivers.map((receiver) => receiver.closed)).toEqual([true]);
+    // The caller's client is the caller's to close.
+    expect(client.closed).toBe(false);
   });
 
   it("builds the real SDK client (loaded on demand) without connecting", async () => {
+    const built = sdkClients.built;
     const client = await createServiceBusClient("ns.servicebus.windows.net", credential);
+    expect(sdkClients.built).toBe(built + 1);
     expect(typeof client.createSender).toBe("function");
     expect(typeof client.acceptSession).toBe("function");
     await client.close();

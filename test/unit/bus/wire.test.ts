@@ -12,62 +12,150 @@ import {
   isQueueName,
   storageError,
 } from "../../../adapters/storage-queue/queues.js";
+import { createControlChannel, verifyControlMessage } from "../../../core/control/signed.js";
 import { ShieldError } from "../../../core/errors.js";
-import { makeAttestationResult, makeChallenge, makeKeyEvent } from "../../../core/messages/index.js";
+import {
+  makeAttestationRequest,
+  makeAttestationResult,
+  makeChallenge,
+  makeChallengeRequest,
+  makeKeyEvent,
+} from "../../../core/messages/index.js";
 import {
   DEAD_LETTER_LIMITS,
   agentMessageId,
   bodyFromText,
   checkAgentMessage,
+  checkRequest,
   clampDeadLetterText,
+  requestMessageId,
   serializeBody,
   textFromBytes,
+  type AgentRequest,
+  type SignedAgentMessage,
 } from "../../../core/ports/bus.js";
+import { systemRandom } from "../../../core/ports/clock.js";
+import { createTestControlPlane } from "../../support/control.js";
 
 const SENT_AT = new Date("2026-03-01T12:00:00Z");
+const control = createTestControlPlane();
 const result = (agentId: string, requestId: string) =>
   makeAttestationResult({ agentId, requestId, keys: [], attestedUntil: SENT_AT, sentAt: SENT_AT });
+const signedResult = (agentId: string, requestId = "r1") => control.sign(result(agentId, requestId));
+const challengeRequest = (agentId: string, sentAt = SENT_AT) =>
+  makeChallengeRequest({ agentId, workload: "payments", tee: "sevsnp", sentAt });
 
 describe("message ids for agent messages", () => {
-  it("are stable per message and agent, at most 128 characters", () => {
-    const id = agentMessageId("a", result("a", "r1"));
-    expect(id).toBe(agentMessageId("a", result("a", "r1")));
-    expect(id).toMatch(/^attestation-result-[0-9a-f]{40}$/);
-    const longest = agentMessageId("x".repeat(128), result("x".repeat(128), "y".repeat(128)));
-    expect(longest.length).toBeLessThanOrEqual(128);
+  it("are the signed message id prefixed with the type", async () => {
+    const signed = await control.sign(result("a", "r1"), {
+      messageId: "7d1c6f0e-5a4b-4c3d-9e8f-0a1b2c3d4e5f",
+    });
+    expect(agentMessageId(signed)).toBe("attestation-result-7d1c6f0e-5a4b-4c3d-9e8f-0a1b2c3d4e5f");
+    const challenge = makeChallenge({
+      agentId: "a",
+      nonce: "n".repeat(16),
+      deadline: SENT_AT,
+      sentAt: SENT_AT,
+    });
+    expect(agentMessageId(await control.sign(challenge, { messageId: "m-1" }))).toBe("challenge-m-1");
   });
 
-  it("differ between requests, between agents, and between kinds of message", () => {
-    const event = makeKeyEvent({ event: "rotated", keyName: "k", keyVersion: "v1", sentAt: SENT_AT });
-    const ids = [
-      agentMessageId("a", result("a", "r1")),
-      agentMessageId("a", result("a", "r2")),
-      agentMessageId("b", result("b", "r1")),
-      agentMessageId("a", event),
-      agentMessageId("b", event),
-      agentMessageId("a", { ...event, event: "revoked" }),
-      agentMessageId("a", { ...event, keyVersion: "v2" }),
-      agentMessageId(
-        "a",
-        makeChallenge({ agentId: "a", nonce: "n".repeat(16), deadline: SENT_AT, sentAt: SENT_AT }),
-      ),
-      agentMessageId(
-        "a",
-        makeChallenge({ agentId: "a", nonce: "m".repeat(16), deadline: SENT_AT, sentAt: SENT_AT }),
-      ),
+  it("stay the same when one signed message is sent again", async () => {
+    const signed = await signedResult("a");
+    expect(agentMessageId({ ...signed })).toBe(agentMessageId(signed));
+  });
+
+  it("differ for every signing: the same result or key event signed twice, or for two agents", async () => {
+    const event = (agentId: string) =>
+      makeKeyEvent({ agentId, event: "rotated", keyName: "k", keyVersion: "v1", sentAt: SENT_AT });
+    const signed = [
+      await signedResult("a"),
+      await signedResult("a"),
+      await signedResult("b"),
+      await control.sign(event("a")),
+      await control.sign(event("a")),
+      await control.sign(event("b")),
     ];
+    const ids = signed.map(agentMessageId);
     expect(new Set(ids).size).toBe(ids.length);
   });
 
-  it("ignore what does not identify the message (a resend of one result keeps its id)", () => {
-    const first = result("a", "r1");
-    expect(agentMessageId("a", { ...first, sentAt: "2027-01-01T00:00:00Z" })).toBe(
-      agentMessageId("a", first),
+  it("fit a Service Bus message id (128 characters) for every id the control channel signs with", async () => {
+    const sent: SignedAgentMessage[] = [];
+    const channel = createControlChannel({
+      transport: { sendToAgent: (_agentId, message) => Promise.resolve(void sent.push(message)) },
+      signer: control.signer,
+      clock: { now: () => new Date() },
+      random: systemRandom,
+    });
+    const agentId = "x".repeat(128);
+    await channel.sendToAgent(agentId, result(agentId, "y".repeat(128)));
+    await channel.sendToAgent(
+      agentId,
+      makeKeyEvent({
+        agentId,
+        event: "revoked",
+        keyName: "k".repeat(127),
+        keyVersion: "v".repeat(64),
+        sentAt: SENT_AT,
+      }),
     );
+    for (const message of sent) expect(agentMessageId(message).length).toBeLessThanOrEqual(128);
+  });
+});
+
+describe("message ids for requests", () => {
+  it("are the request id of an attestation request", () => {
+    const request = makeAttestationRequest({
+      agentId: "a",
+      requestId: "4b7e6a2c-1f0d-4c52-9a53-0c8f2a6f1d11",
+      workload: "payments",
+      tee: "sgx",
+      evidence: { tee: "sgx", format: "dcap-quote", quote: Buffer.alloc(600, 7).toString("base64url") },
+      runtimeData: Buffer.alloc(30, 1).toString("base64url"),
+      challenge: Buffer.alloc(32, 2).toString("base64url"),
+      keys: ["k"],
+      sentAt: SENT_AT,
+    });
+    expect(requestMessageId(request)).toBe("4b7e6a2c-1f0d-4c52-9a53-0c8f2a6f1d11");
+  });
+
+  it("are a digest of agent and time for a challenge request: stable, distinct, at most 128 characters", () => {
+    const id = requestMessageId(challengeRequest("a"));
+    expect(id).toMatch(/^challenge-request-[0-9a-f]{40}$/);
+    expect(requestMessageId(challengeRequest("a"))).toBe(id);
+    const ids = [
+      id,
+      requestMessageId(challengeRequest("b")),
+      requestMessageId(challengeRequest("a", new Date(SENT_AT.getTime() + 1))),
+    ];
+    expect(new Set(ids).size).toBe(ids.length);
+    expect(requestMessageId(challengeRequest("x".repeat(128))).length).toBeLessThanOrEqual(128);
   });
 });
 
 describe("bodies", () => {
+  it("carry a signed message's JWS text as it is, byte for byte, and read it back as that text", async () => {
+    const message = result("a", "r1");
+    const signed = await control.sign(message);
+    const bytes = serializeBody(signed.jws, 256 * 1024);
+    expect(bytes.equals(Buffer.from(signed.jws, "utf8"))).toBe(true);
+    const text = textFromBytes(bytes);
+    expect(text).toBe(signed.jws);
+    const body = bodyFromText(text, 256 * 1024);
+    expect(body).toBe(signed.jws);
+    const verified = await verifyControlMessage(body, { keys: control.keys, agentId: "a", at: new Date() });
+    expect(verified).toMatchObject({ message, messageId: signed.messageId });
+    let error: unknown;
+    try {
+      serializeBody(signed.jws, bytes.length - 1);
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toMatchObject({ code: "ERR_INPUT_TOO_LARGE" });
+    expect(serializeBody(signed.jws, bytes.length).length).toBe(bytes.length);
+  });
+
   it("serialize to UTF-8 JSON, refusing more than the limit with every size named", () => {
     const message = { type: "x", text: "é" };
     const bytes = serializeBody(message, 100);
@@ -100,10 +188,45 @@ describe("bodies", () => {
 });
 
 describe("arguments", () => {
-  it("refuse a message addressed to another agent, or an agent id that cannot be a session id", () => {
-    expect(() => checkAgentMessage("a", result("b", "r"))).toThrow(TypeError);
-    expect(() => checkAgentMessage("has space", result("has space", "r"))).toThrow(TypeError);
-    expect(() => checkAgentMessage("a", result("a", "r"))).not.toThrow();
+  it("refuse a message addressed to another agent, or an agent id that cannot be a session id", async () => {
+    const [forA, forB] = [await signedResult("a"), await signedResult("b")];
+    expect(() => checkAgentMessage("a", forA)).not.toThrow();
+    expect(() => checkAgentMessage("a", forB)).toThrow(/addressed to another agent/);
+    expect(() => checkAgentMessage("has space", { ...forA, agentId: "has space" })).toThrow(
+      /agentId must be/,
+    );
+  });
+
+  it("refuse a message that is not signed, or not one agents are sent", async () => {
+    const signed = await signedResult("a");
+    const unsigned = result("a", "r");
+    expect(() => checkAgentMessage("a", unsigned as unknown as SignedAgentMessage)).toThrow(TypeError);
+    expect(() => checkAgentMessage("a", unsigned as unknown as SignedAgentMessage)).toThrow(/must be signed/);
+    const [h, p, s] = signed.jws.split(".") as [string, string, string];
+    for (const jws of [JSON.stringify(unsigned), `${h}.${p}`, `${h}.${p}.`, `${h}.${p}.${s}=`, ""]) {
+      expect(() => checkAgentMessage("a", { ...signed, jws })).toThrow(/must be signed/);
+    }
+    expect(() =>
+      checkAgentMessage("a", { ...signed, jws: Buffer.from(signed.jws) as unknown as string }),
+    ).toThrow(/must be signed/);
+    for (const messageId of ["", "has space", "x".repeat(129)]) {
+      expect(() => checkAgentMessage("a", { ...signed, messageId })).toThrow(/messageId/);
+    }
+    for (const type of ["attestation-request", "challenge-request", "policy-update"]) {
+      expect(() => checkAgentMessage("a", { ...signed, type } as unknown as SignedAgentMessage)).toThrow(
+        /must be an attestation-result, challenge or key-event/,
+      );
+    }
+    expect(() => checkAgentMessage("a", null as unknown as SignedAgentMessage)).toThrow(TypeError);
+  });
+
+  it("take challenge requests and attestation requests, and nothing else", () => {
+    expect(() => checkRequest(challengeRequest("a"))).not.toThrow();
+    expect(() => checkRequest({ ...challengeRequest("a"), agentId: "has space" })).toThrow(/agentId must be/);
+    expect(() =>
+      checkRequest({ type: "attestation-result", requestId: "r" } as unknown as AgentRequest),
+    ).toThrow(TypeError);
+    expect(() => checkRequest(null as unknown as AgentRequest)).toThrow(TypeError);
   });
 
   it("cut dead-letter reasons and descriptions to size and strip control characters", () => {

@@ -408,6 +408,7 @@ describe("release", () => {
       calls: 4,
       released: 1,
       refused: 1,
+      signatures: 0,
       byKey: {
         [keyName]: { calls: 3, released: 1, refused: 1 },
         "missing-key": { calls: 1, released: 0, refused: 0 },

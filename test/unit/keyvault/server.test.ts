@@ -91,7 +91,10 @@ describe("authentication", () => {
   it("hands out its token only for the vault scope", async () => {
     const credential = localKeyVaultCredential("token");
     await expect(credential.getToken(KEY_VAULT_SCOPE)).resolves.toMatchObject({ token: "token" });
-    await expect(credential.getToken("https://storage.azure.com/.default")).rejects.toThrow();
+    // A plain Error (the SDK's credential contract), naming the one scope it serves.
+    const onlyVault = /^the local Key Vault credential only serves https:\/\/vault\.azure\.net\/\.default$/;
+    await expect(credential.getToken("https://storage.azure.com/.default")).rejects.toThrow(onlyVault);
+    await expect(credential.getToken([KEY_VAULT_SCOPE, "openid"])).rejects.toThrow(onlyVault);
   });
 });
 

@@ -423,6 +423,89 @@ describe("parseReleaseResponse: each check fails alone", () => {
     ).toBe("ERR_RELEASE_RESPONSE_SIGNATURE");
   });
 
+  it("7. a signer certificate naming the trusted CA as issuer but signed by another key → SIGNATURE", async () => {
+    // Same subject, same issuer name, no key identifiers: only the signature tells them apart.
+    const impostorKeys = rsaKeyPair(2048);
+    const forgedKeys = rsaKeyPair(2048);
+    const forgedLeaf = buildCertificate({
+      subject: [["CN", "contoso.vault.azure.net"]],
+      issuer: [["CN", "Contoso Issuing CA"]],
+      serialNumber: 3n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2027-01-01T00:00:00Z"),
+      publicKey: forgedKeys.publicKey,
+      signingKey: impostorKeys.privateKey,
+      signatureAlgorithm: "rsa-sha256",
+    });
+    expect(forgedLeaf.checkIssued(vault.intermediate)).toBe(true);
+    const signedBy = async (chain: X509Certificate[]) =>
+      buildReleaseResponse(
+        releaseOptions(vault, runtime.publicKey, {
+          signer: { privateKey: forgedKeys.privateKey, certificateChain: chain },
+        }),
+      );
+    // The anchor is the CA whose name the leaf carries (the leaf alone in x5c) ...
+    const alone = await signedBy([forgedLeaf]);
+    expect(parseReleaseResponse(alone).signerTrusted).toBe(false);
+    expect(codeOf(() => parseReleaseResponse(alone, { trustedSigners: [vault.intermediate], at: AT }))).toBe(
+      "ERR_RELEASE_RESPONSE_SIGNATURE",
+    );
+    // ... or the leaf rides on the genuine CA certificates, which chain to the trusted root.
+    const onGenuine = await signedBy([forgedLeaf, vault.intermediate, vault.root]);
+    for (const anchor of [vault.root, vault.intermediate]) {
+      expect(codeOf(() => parseReleaseResponse(onGenuine, { trustedSigners: [anchor], at: AT }))).toBe(
+        "ERR_RELEASE_RESPONSE_SIGNATURE",
+      );
+    }
+    expect(
+      codeOf(() => unwrapReleasedKey(onGenuine, runtime.privateKey, { trustedSigners: [vault.root] })),
+    ).toBe("ERR_RELEASE_RESPONSE_SIGNATURE");
+  });
+
+  it("7. an expired signer leaf under a trust anchor that is its issuing CA → SIGNATURE", async () => {
+    const caKeys = rsaKeyPair(2048);
+    const leafKeys = rsaKeyPair(2048);
+    const issuingCa = buildCertificate({
+      subject: [["CN", "Contoso Issuing CA 2"]],
+      issuer: [["CN", "Contoso Issuing CA 2"]],
+      serialNumber: 10n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2027-01-01T00:00:00Z"),
+      publicKey: caKeys.publicKey,
+      signingKey: caKeys.privateKey,
+      signatureAlgorithm: "rsa-sha256",
+      isCa: true,
+    });
+    // Valid through January only: AT (March) is after it; the CA is valid all year.
+    const leaf = buildCertificate({
+      subject: [["CN", "contoso.vault.azure.net"]],
+      issuer: [["CN", "Contoso Issuing CA 2"]],
+      serialNumber: 11n,
+      notBefore: new Date("2026-01-01T00:00:00Z"),
+      notAfter: new Date("2026-02-01T00:00:00Z"),
+      publicKey: leafKeys.publicKey,
+      signingKey: caKeys.privateKey,
+      signatureAlgorithm: "rsa-sha256",
+    });
+    const signedWhileValid = new Date("2026-01-15T00:00:00Z");
+    for (const chain of [[leaf], [leaf, issuingCa]]) {
+      const value = await buildReleaseResponse(
+        releaseOptions(vault, runtime.publicKey, {
+          signer: { privateKey: leafKeys.privateKey, certificateChain: chain },
+          at: signedWhileValid,
+        }),
+      );
+      const trust = { trustedSigners: [issuingCa] };
+      expect(parseReleaseResponse(value, { ...trust, at: signedWhileValid }).signerTrusted).toBe(true);
+      expect(codeOf(() => parseReleaseResponse(value, { ...trust, at: AT }))).toBe(
+        "ERR_RELEASE_RESPONSE_SIGNATURE",
+      );
+      expect(codeOf(() => unwrapReleasedKey(value, runtime.privateKey, { ...trust, at: AT }))).toBe(
+        "ERR_RELEASE_RESPONSE_SIGNATURE",
+      );
+    }
+  });
+
   it("8. payload shape, unknown enc, unknown kty", () => {
     expect(codeOf(() => parse(resigned(({ payload }) => delete payload.request)))).toBe(
       "ERR_RELEASE_RESPONSE_MALFORMED",

@@ -20,6 +20,14 @@ import {
 } from "../../../core/evidence/simulated/sgx.js";
 import { fixedClock } from "../../../core/ports/clock.js";
 import { createMaaTokenIssuer, type MaaTokenIssuer } from "../../../core/token/index.js";
+import { derToPem } from "../../../core/x509/certificate.js";
+import {
+  malformedSgxChain,
+  malformedSnpChain,
+  offCurveP256Point,
+  type MalformedSgxChain,
+  type MalformedSnpChain,
+} from "../../support/malformed-evidence.js";
 
 const AT = new Date("2026-03-01T00:00:00Z");
 const sha256 = (data: Uint8Array | string): Buffer => createHash("sha256").update(data).digest();
@@ -69,7 +77,13 @@ async function refusal(promise: Promise<unknown>, code: ShieldErrorCode): Promis
 
 describe("local attestation engine: SEV-SNP", () => {
   it("issues an MAA token: RS256, MAA header, 8-hour lifetime from the clock, nonce echoed", async () => {
-    const token = await engine.attestSevSnp({ report: envelope(), runtimeData, nonce: "n-1" });
+    const measured = {
+      measurement: Buffer.alloc(48, 0xa7),
+      hostData: sha256("workload policy"),
+      guestSvn: 7,
+      vmpl: 0,
+    };
+    const token = await engine.attestSevSnp({ report: envelope(measured), runtimeData, nonce: "n-1" });
     expect(decodeProtectedHeader(token)).toEqual({
       alg: "RS256",
       jku: "http://127.0.0.1:9000/certs",
@@ -85,6 +99,13 @@ describe("local attestation engine: SEV-SNP", () => {
       nonce: "n-1",
       "x-ms-attestation-type": "sevsnpvm",
       "x-ms-runtime": JSON.parse(runtimeData.toString()) as unknown,
+      // What the report says, as MAA writes it: lowercase hex, numbers as numbers.
+      "x-ms-sevsnpvm-launchmeasurement": measured.measurement.toString("hex"),
+      "x-ms-sevsnpvm-hostdata": measured.hostData.toString("hex"),
+      "x-ms-sevsnpvm-reportdata": Buffer.concat([sha256(runtimeData), Buffer.alloc(32)]).toString("hex"),
+      "x-ms-sevsnpvm-guestsvn": 7,
+      "x-ms-sevsnpvm-vmpl": 0,
+      "x-ms-sevsnpvm-is-debuggable": false,
     });
     expect(Object.hasOwn(claims, "x-ms-compliance-status")).toBe(false);
   });
@@ -121,7 +142,16 @@ describe("local attestation engine: SEV-SNP", () => {
   });
 
   it("step 2: refuses JSON runtime data that is not a UTF-8 JSON object", async () => {
-    for (const bad of [Buffer.from("[1,2]"), Buffer.from("nope"), Buffer.from([0x7b, 0xff, 0x7d])]) {
+    const bom = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), runtimeData]);
+    for (const bad of [
+      Buffer.from("[1,2]"),
+      Buffer.from("nope"),
+      Buffer.from([0x7b, 0xff, 0x7d]),
+      bom,
+      Buffer.from(JSON.stringify(runtimeData.toString())),
+      Buffer.from("null"),
+      Buffer.from("7"),
+    ]) {
       await refusal(
         engine.attestSevSnp({
           report: envelope({ reportData: sha256(bad) }),
@@ -131,6 +161,20 @@ describe("local attestation engine: SEV-SNP", () => {
         "ERR_INPUT_MALFORMED",
       );
     }
+  });
+
+  it("step 2: also refuses a byte-order mark in JSON initTimeData", async () => {
+    const initTime = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"policy":"p"}')]);
+    const error = await refusal(
+      engine.attestSevSnp({
+        report: envelope({ hostData: sha256(initTime) }),
+        runtimeData,
+        initTimeData: initTime,
+        initTimeDataType: "JSON",
+      }),
+      "ERR_INPUT_MALFORMED",
+    );
+    expect(error.message).toContain("byte-order mark");
   });
 
   it("step 3: refuses a root it was not given — AMD's roots never admit simulated evidence", async () => {
@@ -220,7 +264,8 @@ describe("local attestation engine: SEV-SNP", () => {
     expect(error.violations).toEqual([
       { field: "x-ms-sevsnpvm-is-debuggable", expected: "false", actual: "true" },
     ]);
-    await strict.attestSevSnp({ report: envelope(), runtimeData });
+    const notDebuggable = decodeJwt(await strict.attestSevSnp({ report: envelope(), runtimeData }));
+    expect(notDebuggable["x-ms-sevsnpvm-is-debuggable"]).toBe(false);
   });
 
   it("refuses caller misuse with TypeError", async () => {
@@ -246,20 +291,41 @@ describe("local attestation engine: SGX", () => {
 
   it("issues MAA's SGX claims, checking only the first 32 bytes of REPORT_DATA", async () => {
     const reportData = Buffer.concat([sha256(runtimeData), Buffer.alloc(32, 0x5a)]);
+    const mrEnclave = sha256("enclave image");
+    const mrSigner = sha256("enclave signer");
     const claims = decodeJwt(
-      await engine.attestSgx({ quote: quote({ reportData }), runtimeData, nonce: "s-1" }),
+      await engine.attestSgx({
+        quote: quote({ reportData, mrEnclave, mrSigner, isvProdId: 3, isvSvn: 9 }),
+        runtimeData,
+        nonce: "s-1",
+      }),
     );
     expect(claims).toMatchObject({
       nonce: "s-1",
       "x-ms-attestation-type": "sgx",
+      "x-ms-sgx-mrenclave": mrEnclave.toString("hex"),
+      "x-ms-sgx-mrsigner": mrSigner.toString("hex"),
+      "x-ms-sgx-product-id": 3,
+      "x-ms-sgx-svn": 9,
+      "x-ms-sgx-is-debuggable": false,
       "x-ms-sgx-report-data": reportData.toString("hex"),
       "x-ms-sgx-ehd": runtimeData.toString("base64url"),
     });
   });
 
   it("accepts a quote behind an Open Enclave header", async () => {
-    const withHeader = sgx.generateQuote({ reportData: sha256(runtimeData) }, { openEnclaveHeader: true });
-    await engine.attestSgx({ quote: withHeader, runtimeData });
+    const mrEnclave = sha256("enclave behind a header");
+    const withHeader = sgx.generateQuote(
+      { reportData: sha256(runtimeData), mrEnclave },
+      { openEnclaveHeader: true },
+    );
+    const claims = decodeJwt(await engine.attestSgx({ quote: withHeader, runtimeData }));
+    // The claims are the quote's behind the 16-byte header, not bytes shifted by it.
+    expect(claims).toMatchObject({
+      "x-ms-attestation-type": "sgx",
+      "x-ms-sgx-mrenclave": mrEnclave.toString("hex"),
+      "x-ms-sgx-report-data": Buffer.concat([sha256(runtimeData), Buffer.alloc(32)]).toString("hex"),
+    });
   });
 
   it("refuses untrusted roots, expired chains, bad signatures and other runtime data", async () => {
@@ -312,5 +378,52 @@ describe("local attestation engine: signing keys", () => {
     expect(await engine.getSigningCertificates()).toEqual(issuer.certsDocument());
     expect(engine.openIdConfiguration()).toEqual(issuer.openIdConfiguration());
     expect(engine.issuer).toBe("http://127.0.0.1:9000");
+  });
+});
+
+describe("local attestation engine: certificates and keys that do not decode", () => {
+  let badSnp: MalformedSnpChain;
+  let badSgx: MalformedSgxChain;
+  let trusting: LocalAttestationEngine;
+
+  beforeAll(() => {
+    badSnp = malformedSnpChain();
+    badSgx = malformedSgxChain();
+    // Trusting the malformed chains' roots, so refusals come from the certificates themselves.
+    trusting = build({
+      snpTrustedRoots: [snp.ark, badSnp.ark],
+      sgxTrustedRoots: [sgx.rootCertificate, badSgx.root],
+    });
+  });
+
+  const report = () => snp.signReport({ reportData: sha256(runtimeData) });
+
+  it("refuses a VCEK whose key is a P-384 point off the curve, and an ASK whose key does not decode", async () => {
+    for (const [vcek, chain] of [
+      [badSnp.offCurveVcek, [badSnp.ask, badSnp.ark]],
+      [badSnp.vcek, [badSnp.offCurveAsk, badSnp.ark]],
+    ] as const) {
+      const envelope = buildMaaSnpEnvelope({ report: report(), vcek, chain });
+      await refusal(trusting.attestSevSnp({ report: envelope, runtimeData }), "ERR_EVIDENCE_CHAIN");
+    }
+  });
+
+  it("refuses a garbage or truncated certificate in the chain", async () => {
+    const ask = snp.intermediate.raw;
+    for (const chain of [
+      "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+      derToPem(ask.subarray(0, ask.length - 1)) + derToPem(snp.ark.raw),
+    ]) {
+      const envelope = buildMaaSnpEnvelope({ report: report(), vcek: snp.leafPem, chain });
+      await refusal(trusting.attestSevSnp({ report: envelope, runtimeData }), "ERR_EVIDENCE_CHAIN");
+    }
+  });
+
+  it("refuses an SGX PCK certificate with a bad key, and an attestation key off the curve", async () => {
+    const fields = { reportData: sha256(runtimeData) };
+    const badPck = sgx.generateQuote(fields, { pckChain: badSgx.pckChain });
+    await refusal(trusting.attestSgx({ quote: badPck, runtimeData }), "ERR_EVIDENCE_CHAIN");
+    const badKey = sgx.generateQuote(fields, { attestationKey: offCurveP256Point() });
+    await refusal(trusting.attestSgx({ quote: badKey, runtimeData }), "ERR_EVIDENCE_MALFORMED");
   });
 });

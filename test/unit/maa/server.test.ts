@@ -16,6 +16,15 @@ import {
 import { fixedClock } from "../../../core/ports/clock.js";
 import type { LogFields, LogLevel } from "../../../core/ports/logger.js";
 import { createMaaTokenIssuer } from "../../../core/token/index.js";
+import { derToPem } from "../../../core/x509/certificate.js";
+import {
+  malformedSgxChain,
+  malformedSnpChain,
+  offCurveP256Point,
+  textForms,
+  type MalformedSgxChain,
+  type MalformedSnpChain,
+} from "../../support/malformed-evidence.js";
 
 const sha256 = (data: Uint8Array | string): Buffer => createHash("sha256").update(data).digest();
 const runtimeData = Buffer.from('{"keys":[]}');
@@ -102,6 +111,35 @@ describe("local MAA server: request bodies", () => {
     });
     expect(status).toBe(200);
     expect(Object.hasOwn(tokenClaims(body), "nonce")).toBe(false);
+  });
+
+  it("answers 400 for JSON runtime data that is not a UTF-8 JSON object", async () => {
+    const bom = Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), runtimeData]);
+    for (const bad of [
+      bom,
+      Buffer.from("[]"),
+      Buffer.from('"keys"'),
+      Buffer.from("null"),
+      Buffer.from([0xc3]),
+    ]) {
+      const answer = await post(SNP, {
+        report: report({ reportData: sha256(bad) }),
+        runtimeData: { data: bad.toString("base64url"), dataType: "JSON" },
+      });
+      expect(answer.status).toBe(400);
+      expect(answer.body).toMatchObject({
+        error: {
+          code: "InvalidParameter",
+          message: expect.stringMatching(/^ERR_INPUT_MALFORMED: runtimeData of dataType JSON/) as string,
+        },
+      });
+    }
+    const quote = sgx.generateQuote({ reportData: sha256(bom) }).toString("base64url");
+    const sgxAnswer = await post(SGX, {
+      quote,
+      runtimeData: { data: bom.toString("base64url"), dataType: "JSON" },
+    });
+    expect(sgxAnswer.status).toBe(400);
   });
 
   it("reads runtime data without a dataType as Binary", async () => {
@@ -246,5 +284,83 @@ describe("local MAA server: routes, faults, logging", () => {
     await other.close();
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(await pending).toBe("dropped");
+  });
+});
+
+describe("local MAA server: certificates and keys that do not decode", () => {
+  let badSnp: MalformedSnpChain;
+  let badSgx: MalformedSgxChain;
+  let trusting: LocalMaaServer;
+
+  beforeAll(async () => {
+    badSnp = malformedSnpChain();
+    badSgx = malformedSgxChain();
+    // Trusting the malformed chains' roots, so refusals come from the certificates themselves.
+    trusting = await startLocalMaaServer({
+      engine: async (url) =>
+        createLocalAttestationEngine({
+          issuer: await createMaaTokenIssuer({ issuer: url }),
+          snpTrustedRoots: [snp.ark, badSnp.ark],
+          sgxTrustedRoots: [sgx.rootCertificate, badSgx.root],
+          clock: fixedClock(new Date("2026-03-01T00:00:00Z")),
+        }),
+    });
+  });
+
+  afterAll(async () => {
+    await trusting?.close();
+  });
+
+  async function postTo(path: string, body: unknown) {
+    const response = await fetch(`${trusting.url}${path}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    return { status: response.status, text: await response.text() };
+  }
+
+  /** 400 InvalidParameter naming the code, as for other bad evidence; never 500, never the key's bytes. */
+  function expectRefused(answer: { status: number; text: string }, code: string, point: Buffer): void {
+    expect(answer.status).toBe(400);
+    const body = JSON.parse(answer.text) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe("InvalidParameter");
+    expect(body.error.message.startsWith(`${code}: `)).toBe(true);
+    for (const form of textForms(point.subarray(1, 17))) expect(answer.text).not.toContain(form);
+  }
+
+  it("answers 400 ERR_EVIDENCE_CHAIN for a VCEK whose key is a P-384 point off the curve", async () => {
+    const bytes = snp.signReport({ reportData: sha256(runtimeData) });
+    const report = buildMaaSnpEnvelope({
+      report: bytes,
+      vcek: badSnp.offCurveVcek,
+      chain: [badSnp.ask, badSnp.ark],
+    });
+    expectRefused(await postTo(SNP, { report, runtimeData: json }), "ERR_EVIDENCE_CHAIN", badSnp.point);
+  });
+
+  it("answers 400 ERR_EVIDENCE_CHAIN for a truncated certificate in the chain", async () => {
+    const bytes = snp.signReport({ reportData: sha256(runtimeData) });
+    const ask = snp.intermediate.raw;
+    const chain = derToPem(ask.subarray(0, ask.length - 1)) + derToPem(snp.ark.raw);
+    const report = buildMaaSnpEnvelope({ report: bytes, vcek: snp.leafPem, chain });
+    expectRefused(await postTo(SNP, { report, runtimeData: json }), "ERR_EVIDENCE_CHAIN", badSnp.point);
+  });
+
+  it("answers 400 for an SGX PCK certificate with a bad key and for an attestation key off the curve", async () => {
+    const fields = { reportData: sha256(runtimeData) };
+    const badPck = sgx.generateQuote(fields, { pckChain: badSgx.pckChain }).toString("base64url");
+    expectRefused(
+      await postTo(SGX, { quote: badPck, runtimeData: json }),
+      "ERR_EVIDENCE_CHAIN",
+      badSgx.point,
+    );
+    const point = offCurveP256Point();
+    const badKey = sgx.generateQuote(fields, { attestationKey: point }).toString("base64url");
+    expectRefused(
+      await postTo(SGX, { quote: badKey, runtimeData: json }),
+      "ERR_EVIDENCE_MALFORMED",
+      Buffer.concat([Buffer.from([4]), point]),
+    );
   });
 });

@@ -5,6 +5,7 @@ import {
   makeAttestationRequest,
   makeAttestationResult,
   makeChallenge,
+  makeChallengeRequest,
   makeKeyEvent,
   makePolicyUpdate,
   makeRotateKey,
@@ -18,7 +19,40 @@ const SENT = new Date("2026-03-01T12:00:00.000Z");
 const UNTIL = new Date("2026-03-01T20:00:00.000Z");
 
 describe("message builders", () => {
+  it("builds a challenge request that parses back unchanged", () => {
+    const message = makeChallengeRequest({
+      agentId: "payments.pod-1",
+      workload: "payments",
+      tee: "sgx",
+      sentAt: SENT,
+    });
+    expect(message).toEqual({
+      type: "challenge-request",
+      version: 1,
+      agentId: "payments.pod-1",
+      workload: "payments",
+      tee: "sgx",
+      sentAt: "2026-03-01T12:00:00.000Z",
+    });
+    expect(parseMessage(JSON.stringify(message), LIMIT)).toEqual(message);
+  });
+
+  it("refuses a challenge request without an agent id or with a property it does not have", () => {
+    const fields = { agentId: "payments.pod-1", workload: "payments", tee: "sevsnp" as const, sentAt: SENT };
+    const { agentId: _, ...noAgent } = fields;
+    expect(() => makeChallengeRequest(noAgent as typeof fields)).toThrow(
+      /^invalid challenge-request message: agentId: /,
+    );
+    expect(() => makeChallengeRequest({ ...fields, agentId: "a/b" })).toThrow(
+      /^invalid challenge-request message: agentId: /,
+    );
+    expect(() => makeChallengeRequest({ ...fields, keys: ["payments-db"] } as typeof fields)).toThrow(
+      TypeError,
+    );
+  });
+
   it("builds an attestation request that parses back unchanged", () => {
+    const challenge = b64url(32);
     const message = makeAttestationRequest({
       agentId: "payments.pod-1",
       requestId: "req-1",
@@ -26,16 +60,36 @@ describe("message builders", () => {
       tee: "sevsnp",
       evidence: sevSnpRawEvidence() as Evidence,
       runtimeData: b64url(300),
+      challenge,
       keys: ["payments-db"],
       sentAt: SENT,
     });
     expect(message).toMatchObject({
       type: "attestation-request",
       version: 1,
+      challenge,
       sentAt: "2026-03-01T12:00:00.000Z",
     });
-    expect(message).not.toHaveProperty("challenge");
     expect(parseMessage(JSON.stringify(message), LIMIT)).toEqual(message);
+  });
+
+  it("refuses to build an attestation request that answers no challenge", () => {
+    const fields = {
+      agentId: "payments.pod-1",
+      requestId: "req-1",
+      workload: "payments",
+      tee: "sevsnp" as const,
+      evidence: sevSnpRawEvidence() as Evidence,
+      runtimeData: b64url(300),
+      challenge: b64url(32),
+      keys: ["payments-db"],
+      sentAt: SENT,
+    };
+    const { challenge: _, ...unanswered } = fields;
+    expect(() => makeAttestationRequest(unanswered as typeof fields)).toThrow(
+      /^invalid attestation-request message: challenge: /,
+    );
+    expect(() => makeAttestationRequest({ ...fields, challenge: "short" })).toThrow(TypeError);
   });
 
   it("builds trusted and denied results", () => {
@@ -96,7 +150,7 @@ describe("message builders", () => {
   it("builds challenge, key-event, policy-update and rotate-key", () => {
     const messages = [
       makeChallenge({ agentId: "a", nonce: b64url(32), deadline: UNTIL, sentAt: SENT }),
-      makeKeyEvent({ event: "revoked", keyName: "k", keyVersion: hex(16), sentAt: SENT }),
+      makeKeyEvent({ agentId: "a", event: "revoked", keyName: "k", keyVersion: hex(16), sentAt: SENT }),
       makePolicyUpdate({
         deploymentId: "d-1",
         keys: ["k"],
@@ -116,8 +170,18 @@ describe("message builders", () => {
       /invalid challenge message: agentId/,
     );
     expect(() =>
-      makeKeyEvent({ event: "rotated", keyName: "k", keyVersion: "v", sentAt: new Date(Number.NaN) }),
+      makeKeyEvent({
+        agentId: "a",
+        event: "rotated",
+        keyName: "k",
+        keyVersion: "v",
+        sentAt: new Date(Number.NaN),
+      }),
     ).toThrow(TypeError);
+    // A key event goes to one agent and is signed for it: it must say which.
+    const event = { agentId: "a", event: "rotated" as const, keyName: "k", keyVersion: "v", sentAt: SENT };
+    const { agentId: _, ...unaddressed } = event;
+    expect(() => makeKeyEvent(unaddressed as typeof event)).toThrow(/^invalid key-event message: agentId: /);
     expect(() =>
       makeAttestationResult({
         agentId: "a",

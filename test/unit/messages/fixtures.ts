@@ -38,6 +38,18 @@ export function sgxEvidence() {
   return { tee: "sgx", format: "dcap-quote", quote: b64url(4700) };
 }
 
+export function challengeRequest(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    type: "challenge-request",
+    version: 1,
+    agentId: "payments.pod-7f9c:0",
+    workload: "payments",
+    tee: "sevsnp",
+    sentAt: SENT_AT,
+    ...overrides,
+  };
+}
+
 export function attestationRequest(overrides: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     type: "attestation-request",
@@ -107,6 +119,7 @@ export function keyEvent(overrides: Record<string, unknown> = {}): Record<string
   return {
     type: "key-event",
     version: 1,
+    agentId: "payments.pod-7f9c:0",
     event: "rotated",
     keyName: "payments-db",
     keyVersion: hex(16),
@@ -144,11 +157,12 @@ export function rotateKey(overrides: Record<string, unknown> = {}): Record<strin
 }
 
 export const ALL_VALID = {
+  "challenge-request": () => challengeRequest(),
+  "challenge-request (sgx)": () => challengeRequest({ tee: "sgx" }),
   "attestation-request (sevsnp raw)": () => attestationRequest(),
   "attestation-request (sevsnp maa-report)": () =>
     attestationRequest({ evidence: sevSnpMaaReportEvidence() }),
-  "attestation-request (sgx dcap-quote)": () =>
-    attestationRequest({ tee: "sgx", evidence: sgxEvidence(), challenge: undefined }),
+  "attestation-request (sgx dcap-quote)": () => attestationRequest({ tee: "sgx", evidence: sgxEvidence() }),
   "attestation-result (trusted)": () => trustedResult(),
   "attestation-result (denied)": () => deniedResult(),
   "attestation-result (error)": () => deniedResult({ verdict: "error" }),

@@ -4,6 +4,7 @@ import {
   parseAttestationRequest,
   parseAttestationResult,
   parseChallenge,
+  parseChallengeRequest,
   parseKeyEvent,
   parseMessage,
   parsePolicyUpdate,
@@ -14,6 +15,7 @@ import {
   attestationRequest,
   b64url,
   challenge,
+  challengeRequest,
   deniedResult,
   hex,
   keyEvent,
@@ -79,6 +81,7 @@ describe("parseMessage: valid messages", () => {
   });
 
   it("has typed parsers that accept their own type and refuse any other", () => {
+    expect(parseChallengeRequest(challengeRequest(), LIMIT).type).toBe("challenge-request");
     expect(parseAttestationRequest(attestationRequest(), LIMIT).type).toBe("attestation-request");
     expect(parseAttestationResult(trustedResult(), LIMIT).verdict).toBe("trusted");
     expect(parseChallenge(challenge(), LIMIT).type).toBe("challenge");
@@ -96,6 +99,13 @@ describe("parseMessage: valid messages", () => {
     expect((caught as ShieldError).violations).toEqual([
       { field: "type", expected: "attestation-request", actual: "challenge" },
     ]);
+    // A request for a challenge is not an answer to one, nor the other way round.
+    expect(() => parseChallengeRequest(attestationRequest(), LIMIT)).toThrow(
+      expect.objectContaining({ code: "ERR_MESSAGE_SCHEMA" }) as Error,
+    );
+    expect(() => parseAttestationRequest(challengeRequest(), LIMIT)).toThrow(
+      expect.objectContaining({ code: "ERR_MESSAGE_SCHEMA" }) as Error,
+    );
   });
 });
 
@@ -232,10 +242,15 @@ describe("attestation-request fields", () => {
     expect(failingFields(attestationRequest({ runtimeData: b64url(12_289) }))).toEqual(["runtimeData"]);
   });
 
-  it("accepts an absent challenge and refuses a malformed one", () => {
-    expect(
-      parseAttestationRequest(attestationRequest({ challenge: undefined }), LIMIT).challenge,
-    ).toBeUndefined();
+  it("requires the challenge it answers, and refuses a malformed one", () => {
+    const nonce = b64url(32);
+    expect(parseAttestationRequest(attestationRequest({ challenge: nonce }), LIMIT).challenge).toBe(nonce);
+    const absent = failure(attestationRequest({ challenge: undefined }));
+    expect(absent).toMatchObject({ code: "ERR_MESSAGE_SCHEMA" });
+    expect(absent.violations).toEqual([
+      { field: "challenge", expected: "nonce: 16..128 characters of unpadded base64url", actual: "missing" },
+    ]);
+    expect(failingFields(attestationRequest({ challenge: "a".repeat(15) }))).toEqual(["challenge"]);
     expect(failingFields(attestationRequest({ challenge: "short" }))).toEqual(["challenge"]);
     expect(failingFields(attestationRequest({ challenge: "a".repeat(129) }))).toEqual(["challenge"]);
     expect(failingFields(attestationRequest({ challenge: null }))).toEqual(["challenge"]);
@@ -428,6 +443,48 @@ describe("attestation-result", () => {
   });
 });
 
+describe("challenge-request", () => {
+  it("accepts a valid challenge request for either tee, unchanged", () => {
+    for (const tee of ["sevsnp", "sgx"]) {
+      const body = challengeRequest({ tee });
+      expect(parseChallengeRequest(body, LIMIT)).toEqual(body);
+      expect(parseMessage(JSON.stringify(body), LIMIT)).toEqual(body);
+    }
+  });
+
+  it("refuses unknown properties: it carries no evidence, keys or request id", () => {
+    expect(failingFields(challengeRequest({ extra: 1 }))).toEqual(["extra"]);
+    expect(failingFields(challengeRequest({ keys: ["payments-db"] }))).toEqual(["keys"]);
+    expect(failingFields(challengeRequest({ requestId: "r-1" }))).toEqual(["requestId"]);
+    expect(failure(challengeRequest({ evidence: sevSnpRawEvidence() }))).toMatchObject({
+      code: "ERR_MESSAGE_SCHEMA",
+      violations: [{ field: "evidence", expected: "no such property", actual: "present" }],
+    });
+  });
+
+  it("requires the agent id, as an identifier", () => {
+    const missing = failure(challengeRequest({ agentId: undefined }));
+    expect(missing).toMatchObject({ code: "ERR_MESSAGE_SCHEMA" });
+    expect(missing.violations).toEqual([
+      {
+        field: "agentId",
+        expected: "agent id: 1..128 characters of A-Z a-z 0-9 . _ : - starting with a letter or digit",
+        actual: "missing",
+      },
+    ]);
+    for (const agentId of ["", "ns/pod", "a".repeat(129), 7]) {
+      expect(failingFields(challengeRequest({ agentId }))).toEqual(["agentId"]);
+    }
+  });
+
+  it("checks workload, tee, sentAt and version", () => {
+    expect(failingFields(challengeRequest({ workload: undefined }))).toEqual(["workload"]);
+    expect(failingFields(challengeRequest({ tee: "tdx" }))).toEqual(["tee"]);
+    expect(failingFields(challengeRequest({ sentAt: "now" }))).toEqual(["sentAt"]);
+    expect(failure(challengeRequest({ version: 2 }))).toMatchObject({ code: "ERR_MESSAGE_VERSION" });
+  });
+});
+
 describe("challenge, key-event, policy-update, rotate-key", () => {
   it("checks challenge fields", () => {
     expect(failingFields(challenge({ nonce: "a+b".repeat(8) }))).toEqual(["nonce"]);
@@ -435,9 +492,17 @@ describe("challenge, key-event, policy-update, rotate-key", () => {
   });
 
   it("checks key-event fields", () => {
+    expect(parseKeyEvent(keyEvent(), LIMIT).agentId).toBe("payments.pod-7f9c:0");
     expect(failingFields(keyEvent({ event: "deleted" }))).toEqual(["event"]);
     expect(failingFields(keyEvent({ keyVersion: undefined }))).toEqual(["keyVersion"]);
     expect(parseKeyEvent(keyEvent({ event: "revoked" }), LIMIT).event).toBe("revoked");
+  });
+
+  it("requires a key-event to name the agent it is for", () => {
+    const missing = failure(keyEvent({ agentId: undefined }));
+    expect(missing).toMatchObject({ code: "ERR_MESSAGE_SCHEMA" });
+    expect(missing.violations.map((v) => [v.field, v.actual])).toEqual([["agentId", "missing"]]);
+    expect(failingFields(keyEvent({ agentId: "a b" }))).toEqual(["agentId"]);
   });
 
   it("checks policy-update measurements, grace and dry run", () => {

@@ -6,6 +6,8 @@ import {
   KEY_NAME_PATTERN,
   makeAttestationRequest,
   makeChallenge,
+  makeChallengeRequest,
+  makeKeyEvent,
   makePolicyUpdate,
   parseMessage,
 } from "../../../core/messages/index.js";
@@ -122,7 +124,7 @@ describe("built messages parse back unchanged", () => {
       requestId: identifier,
       workload: identifier,
       runtimeData: base64url(1, 600),
-      challenge: fc.option(base64url(16, 64), { nil: undefined }),
+      challenge: base64url(12, 96),
       keys: fc.uniqueArray(keyName, { minLength: 1, maxLength: 32 }),
       sentAt: when,
     });
@@ -136,6 +138,67 @@ describe("built messages parse back unchanged", () => {
         expect(parseMessage(JSON.stringify(message), LIMIT)).toEqual(JSON.parse(JSON.stringify(message)));
       }),
       { numRuns: 50 },
+    );
+  });
+
+  it("attestation-request without its challenge is always refused", () => {
+    fc.assert(
+      fc.property(
+        identifier,
+        identifier,
+        base64url(1, 600),
+        when,
+        (agentId, requestId, runtimeData, sentAt) => {
+          const message = {
+            type: "attestation-request",
+            version: 1,
+            agentId,
+            requestId,
+            workload: "payments",
+            tee: "sevsnp",
+            evidence: sevSnpRawEvidence(),
+            runtimeData,
+            keys: ["payments-db"],
+            sentAt: sentAt.toISOString(),
+          };
+          const result = outcome(message);
+          expect(result).toBeInstanceOf(ShieldError);
+          expect(result).toMatchObject({ code: "ERR_MESSAGE_SCHEMA", violations: [{ field: "challenge" }] });
+        },
+      ),
+      { numRuns: 25 },
+    );
+  });
+
+  it("challenge-request", () => {
+    fc.assert(
+      fc.property(
+        identifier,
+        identifier,
+        fc.constantFrom("sevsnp" as const, "sgx" as const),
+        when,
+        (agentId, workload, tee, sentAt) => {
+          const message = makeChallengeRequest({ agentId, workload, tee, sentAt });
+          expect(parseMessage(JSON.stringify(message), LIMIT)).toEqual(message);
+        },
+      ),
+    );
+  });
+
+  it("key-event", () => {
+    const keyVersion = fc.stringMatching(/^[0-9a-zA-Z]{1,64}$/);
+    fc.assert(
+      fc.property(
+        identifier,
+        fc.constantFrom("rotated" as const, "revoked" as const),
+        keyName,
+        keyVersion,
+        when,
+        (agentId, event, name, version, sentAt) => {
+          const message = makeKeyEvent({ agentId, event, keyName: name, keyVersion: version, sentAt });
+          expect(parseMessage(message, LIMIT)).toEqual(message);
+        },
+      ),
     );
   });
 

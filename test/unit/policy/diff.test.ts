@@ -3,7 +3,9 @@ import { describe, expect, it } from "vitest";
 import { ShieldError } from "../../../core/errors.js";
 import {
   assertSafePolicyChange,
+  assertSafeReleasePolicy,
   checkSafePolicyChange,
+  checkSafeReleasePolicy,
   diffReleasePolicies,
   formatPolicyDiff,
   parseReleasePolicy,
@@ -243,6 +245,140 @@ describe("checkSafePolicyChange (DESIGN rule 6)", () => {
       expect(error).toBeInstanceOf(ShieldError);
       expect((error as ShieldError).code).toBe("ERR_POLICY_UNSAFE_CHANGE");
       expect((error as ShieldError).violations).toHaveLength(2);
+    }
+  });
+});
+
+describe("spoofed guard claims (claims the workload writes, or paths MAA never issues)", () => {
+  const base = policyOf([TYPE, NOT_DEBUG, hostData(V1)]);
+  const spoofedDebug = [
+    "x-ms-runtime.x-ms-sevsnpvm-is-debuggable",
+    "x-ms-runtime.x-ms-sgx-is-debuggable",
+    "x-ms-runtime.is-debuggable",
+    "foo.x-ms-sevsnpvm-is-debuggable",
+    "x-ms-isolation-tee.x-ms-runtime.x-ms-sevsnpvm-is-debuggable",
+    "x-ms-isolation-tee.x-ms-isolation-tee.x-ms-sevsnpvm-is-debuggable",
+    "x-ms-isolation-tee.is-debuggable",
+    "x-ms-custom-is-debuggable",
+    "X-MS-SEVSNPVM-IS-DEBUGGABLE",
+  ];
+  const spoofedType = [
+    "x-ms-runtime.x-ms-attestation-type",
+    "foo.x-ms-attestation-type",
+    "x-ms-inittime.x-ms-attestation-type",
+    "x-ms-isolation-tee.x-ms-runtime.x-ms-attestation-type",
+    "x-ms-isolation-tee.x-ms-isolation-tee.x-ms-attestation-type",
+  ];
+
+  it.each(spoofedDebug)("does not count %s as the debug condition", (claim) => {
+    const spoofed = policyOf([TYPE, { claim, equals: "false" }, hostData(V1)]);
+    expect(checkSafePolicyChange(base, spoofed).map((v) => v.field)).toEqual([
+      `anyOf[0] (${MAA}) is-debuggable`,
+    ]);
+    expect(checkSafeReleasePolicy(spoofed).map((v) => v.field)).toEqual([`anyOf[0] (${MAA}) is-debuggable`]);
+  });
+
+  it.each(spoofedType)("does not count %s as the attestation-type condition", (claim) => {
+    const spoofed = policyOf([{ claim, equals: "sevsnpvm" }, NOT_DEBUG, hostData(V1)]);
+    expect(checkSafePolicyChange(base, spoofed).map((v) => v.field)).toEqual([
+      `anyOf[0] (${MAA}) x-ms-attestation-type`,
+    ]);
+    expect(checkSafeReleasePolicy(spoofed).map((v) => v.field)).toEqual([
+      `anyOf[0] (${MAA}) x-ms-attestation-type`,
+    ]);
+  });
+
+  it("gives a spoofed predecessor no say: its guards are not a baseline either", () => {
+    const spoofedFrom = policyOf([
+      { claim: "x-ms-runtime.x-ms-attestation-type", equals: "sevsnpvm" },
+      { claim: "x-ms-runtime.x-ms-sevsnpvm-is-debuggable", equals: "false" },
+      hostData(V1),
+    ]);
+    expect(checkSafeReleasePolicy(spoofedFrom)).toHaveLength(2);
+  });
+
+  it("accepts the exact names MAA issues, at the top level and under x-ms-isolation-tee.", () => {
+    const forms = [
+      [TYPE, NOT_DEBUG],
+      [TYPE, { claim: "x-ms-sgx-is-debuggable", equals: "false" }],
+      [TYPE, { claim: "is-debuggable", equals: false }],
+      [
+        { claim: "x-ms-isolation-tee.x-ms-attestation-type", equals: "sevsnpvm" },
+        { claim: "x-ms-isolation-tee.x-ms-sevsnpvm-is-debuggable", equals: "false" },
+      ],
+      [
+        { claim: "x-ms-isolation-tee.x-ms-attestation-type", equals: "sgx" },
+        { claim: "x-ms-isolation-tee.x-ms-sgx-is-debuggable", equals: "false" },
+      ],
+      [
+        { claim: "x-ms-attestation-type", equals: "azurevm" },
+        { claim: "x-ms-isolation-tee.x-ms-sevsnpvm-is-debuggable", equals: false },
+      ],
+    ];
+    for (const guards of forms) {
+      expect(checkSafeReleasePolicy(policyOf([...guards, hostData(V1)]))).toEqual([]);
+    }
+    // As a change, the same sevsnpvm guards under x-ms-isolation-tee. keep what the old policy had.
+    expect(checkSafePolicyChange(base, policyOf([...forms[3]!, hostData(V1)]))).toEqual([]);
+  });
+});
+
+describe("checkSafeReleasePolicy (a policy without a predecessor)", () => {
+  it("accepts every rendered policy", () => {
+    expect(checkSafeReleasePolicy(render([V1, V2]))).toEqual([]);
+    const sgx = renderReleasePolicy({ authority: MAA, measurements: { sgx: { mrEnclave: [V1] } } });
+    expect(checkSafeReleasePolicy(sgx)).toEqual([]);
+  });
+
+  it("names the missing condition and the authority entry", () => {
+    const policy = parseReleasePolicy({
+      version: "1.0.0",
+      anyOf: [
+        { authority: MAA, allOf: [TYPE, NOT_DEBUG, hostData(V1)] },
+        { authority: OTHER, allOf: [TYPE, hostData(V2)] },
+        { authority: `${MAA}/`, allOf: [NOT_DEBUG, hostData(V2)] },
+      ],
+    });
+    expect(checkSafeReleasePolicy(policy)).toEqual([
+      {
+        field: `anyOf[1] (${OTHER}) is-debuggable`,
+        expected: 'x-ms-sevsnpvm-is-debuggable or x-ms-sgx-is-debuggable equals "false" on every path',
+        actual: "not required",
+      },
+      {
+        field: `anyOf[2] (${MAA}/) x-ms-attestation-type`,
+        expected: "x-ms-attestation-type equals a type on every path",
+        actual: "not required",
+      },
+    ]);
+  });
+
+  it("requires the guards on every path, with the value false and the equals operator", () => {
+    expect(checkSafeReleasePolicy(policyOf([TYPE, { anyOf: [NOT_DEBUG, hostData(V1)] }]))).toHaveLength(1);
+    expect(
+      checkSafeReleasePolicy(policyOf([TYPE, { claim: "x-ms-sevsnpvm-is-debuggable", equals: "true" }])),
+    ).toHaveLength(1);
+    expect(
+      checkSafeReleasePolicy(policyOf([TYPE, { claim: "x-ms-sevsnpvm-is-debuggable", notEquals: "true" }])),
+    ).toHaveLength(1);
+    expect(
+      checkSafeReleasePolicy(policyOf([TYPE, NOT_DEBUG, hostData(V1)], MAA, "anyOf")).map((v) => v.field),
+    ).toEqual([`anyOf[0] (${MAA}) is-debuggable`, `anyOf[0] (${MAA}) x-ms-attestation-type`]);
+  });
+
+  it("assertSafeReleasePolicy throws ERR_POLICY_UNSAFE with every violation", () => {
+    expect(() => assertSafeReleasePolicy(render([V1]))).not.toThrow();
+    try {
+      assertSafeReleasePolicy(policyOf([hostData(V1)]));
+      throw new Error("expected a throw");
+    } catch (error) {
+      expect(error).toBeInstanceOf(ShieldError);
+      expect((error as ShieldError).code).toBe("ERR_POLICY_UNSAFE");
+      expect((error as ShieldError).transient).toBe(false);
+      expect((error as ShieldError).violations.map((v) => v.field)).toEqual([
+        `anyOf[0] (${MAA}) is-debuggable`,
+        `anyOf[0] (${MAA}) x-ms-attestation-type`,
+      ]);
     }
   });
 });

@@ -430,6 +430,15 @@ describe("evaluateReleasePolicy: groups", () => {
     expect(decision.violations).toEqual([{ field: "allOf", expected: "conditions", actual: "(empty)" }]);
   });
 
+  it("releases nothing to claims without an issuer, and says no authority matched", () => {
+    const decision = evaluateReleasePolicy(kataPolicy, { issuer: undefined, claims: containerClaims() });
+    expect(decision.released).toBe(false);
+    expect(decision.bestAuthority).toBeUndefined();
+    expect(decision.authorities.map((a) => a.result)).toEqual(["issuer-mismatch"]);
+    expect(decision.violations).toEqual([{ field: "iss", expected: `one of ${MAA}`, actual: "(missing)" }]);
+    expect(decision.summary).toBe(`not released: the claims have no iss, so no authority matches (${MAA})`);
+  });
+
   it("throws TypeError on caller misuse", () => {
     expect(() => evaluateReleasePolicy(kataPolicy, { issuer: 1 } as never)).toThrow(TypeError);
     expect(() => evaluateReleasePolicy(kataPolicy, { issuer: MAA, claims: null } as never)).toThrow(

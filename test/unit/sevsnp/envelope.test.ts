@@ -8,6 +8,7 @@ import {
   createSimulatedSnpPlatform,
   type SimulatedSnpPlatform,
 } from "../../../core/evidence/simulated/sevsnp.js";
+import { derToPem } from "../../../core/x509/certificate.js";
 import { expectCode } from "./helpers.js";
 
 /** Padded base64url, as Go's base64.URLEncoding writes it. */
@@ -96,14 +97,6 @@ describe("MAA SEV-SNP envelope", () => {
       ],
       ["no certificate", () => envelope({ SnpReport: b64u(report), VcekCertChain: b64u("hello") })],
       [
-        "garbage certificate",
-        () =>
-          envelope({
-            SnpReport: b64u(report),
-            VcekCertChain: b64u("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
-          }),
-      ],
-      [
         "too many certificates",
         () => envelope({ SnpReport: b64u(report), VcekCertChain: b64u(certChain.repeat(4)) }),
       ],
@@ -136,6 +129,20 @@ describe("MAA SEV-SNP envelope", () => {
         expectCode(() => parseMaaSnpEnvelope(make()), "ERR_EVIDENCE_MALFORMED");
       });
     }
+
+    it("a certificate that does not parse is a chain failure: garbage, or truncated", () => {
+      const garbage = envelope({
+        SnpReport: b64u(report),
+        VcekCertChain: b64u("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+      });
+      expectCode(() => parseMaaSnpEnvelope(garbage), "ERR_EVIDENCE_CHAIN");
+      const ask = platform.intermediate.raw;
+      const truncated = derToPem(platform.leaf.raw) + derToPem(ask.subarray(0, ask.length - 40));
+      expectCode(
+        () => parseMaaSnpEnvelope(envelope({ SnpReport: b64u(report), VcekCertChain: b64u(truncated) })),
+        "ERR_EVIDENCE_CHAIN",
+      );
+    });
 
     it("oversized input", () => {
       expectCode(

@@ -1,6 +1,6 @@
 import { createHash, generateKeyPairSync, type X509Certificate } from "node:crypto";
 import { beforeAll, describe, expect, it } from "vitest";
-import { buildCertificate, type DistinguishedName } from "../../../core/x509/certificate.js";
+import { buildCertificate, derToPem, type DistinguishedName } from "../../../core/x509/certificate.js";
 import {
   amdRootsTrust,
   createSnpVerifier,
@@ -14,6 +14,7 @@ import {
   type SimulatedSnpPlatform,
 } from "../../../core/evidence/simulated/sevsnp.js";
 import { AT, expectCode, flipped, shieldError } from "./helpers.js";
+import { malformedSnpChain, textForms, type MalformedSnpChain } from "../../support/malformed-evidence.js";
 
 const ORG = "Shield-ACC simulated TEE";
 const name = (cn: string): DistinguishedName => [
@@ -521,5 +522,76 @@ describe("SEV-SNP verifier", () => {
     const error = shieldError(() => verifier.verify(input(vcekPlatform, flipped(report, 0x2a0))));
     expect(error.message).not.toContain(report.subarray(0x2a0, 0x2b0).toString("hex"));
     expect(JSON.stringify(error)).not.toContain(reportData.toString("hex"));
+  });
+});
+
+describe("SEV-SNP verifier: certificates whose key does not decode", () => {
+  let platform: SimulatedSnpPlatform;
+  let bad: MalformedSnpChain;
+  let verifier: SnpVerifier;
+
+  beforeAll(() => {
+    platform = createSimulatedSnpPlatform({ rsaBits: 2048 });
+    bad = malformedSnpChain();
+    verifier = createSnpVerifier({ trustedRoots: [bad.ark], chainCacheSize: 4 });
+  });
+
+  /** Typed, terminal, and free of the key's bytes. */
+  function expectChainError(f: () => unknown): void {
+    const error = expectCode(f, "ERR_EVIDENCE_CHAIN");
+    expect(error.transient).toBe(false);
+    const text = `${error.message} ${JSON.stringify(error.toJSON())}`;
+    for (const form of textForms(bad.point.subarray(1, 17))) expect(text).not.toContain(form);
+  }
+
+  it("refuses a VCEK whose SubjectPublicKeyInfo holds a P-384 point off the curve", () => {
+    expect(bad.offCurveVcek.verify(bad.ask.publicKey)).toBe(true); // only the key is wrong
+    const input = {
+      report: platform.signReport(),
+      vcek: bad.offCurveVcek,
+      chain: [bad.ask, bad.ark],
+      at: AT,
+    };
+    expectChainError(() => verifier.verify(input));
+    // A failure is not cached into a success.
+    expectChainError(() => verifier.verify(input));
+  });
+
+  it("gets past the chain with the same chain's well-formed certificates", () => {
+    // The report is signed by another platform's key: the first check that can fail is check 5.
+    const report = platform.signReport();
+    expectCode(
+      () => verifier.verify({ report, vcek: bad.vcek, chain: [bad.ask, bad.ark], at: AT }),
+      "ERR_EVIDENCE_SIGNATURE",
+    );
+  });
+
+  it("refuses an ASK whose key does not decode", () => {
+    const report = platform.signReport();
+    expectChainError(() =>
+      verifier.verify({ report, vcek: bad.vcek, chain: [bad.offCurveAsk, bad.ark], at: AT }),
+    );
+  });
+
+  it("refuses the same through the one-call form, from an MAA envelope", () => {
+    const report = platform.signReport();
+    const envelope = buildMaaSnpEnvelope({ report, vcek: bad.offCurveVcek, chain: [bad.ask, bad.ark] });
+    expectChainError(() => verifySnpEvidence(envelope, { trustedRoots: [bad.ark], at: AT }));
+  });
+
+  it("refuses a garbage or truncated certificate in an envelope's chain", () => {
+    const report = platform.signReport();
+    const ask = bad.ask.raw;
+    for (const chain of [
+      "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+      derToPem(ask.subarray(0, ask.length - 1)) + derToPem(bad.ark.raw),
+    ]) {
+      const envelope = buildMaaSnpEnvelope({ report, vcek: platform.leafPem, chain });
+      expectChainError(() => verifySnpEvidence(envelope, { trustedRoots: [bad.ark], at: AT }));
+    }
+  });
+
+  it("treats a trusted root whose key does not decode as the caller's mistake", () => {
+    expect(() => createSnpVerifier({ trustedRoots: [bad.offCurveAsk] })).toThrow(TypeError);
   });
 });

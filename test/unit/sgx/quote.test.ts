@@ -109,7 +109,8 @@ describe("parseSgxQuote", () => {
         },
       },
     );
-    expect(codeOf(() => parseSgxQuote(badBase64))).toBe("ERR_EVIDENCE_MALFORMED");
+    // A PEM block that is no certificate is a chain failure, not a framing one.
+    expect(codeOf(() => parseSgxQuote(badBase64))).toBe("ERR_EVIDENCE_CHAIN");
     const empty = platform.generateQuote({}, { certificationData: { type: 5, data: Buffer.from("\0") } });
     expect(codeOf(() => parseSgxQuote(empty))).toBe("ERR_EVIDENCE_MALFORMED");
   });
@@ -123,7 +124,7 @@ describe("parseSgxQuote", () => {
     expect(() => new X509Certificate(der)).not.toThrow();
     const pem = [...platform.pckChain.slice(0, 2).map((c) => derToPem(c.raw)), derToPem(der)].join("");
     const bad = platform.generateQuote({}, { certificationData: { type: 5, data: Buffer.from(pem) } });
-    expect(codeOf(() => parseSgxQuote(bad))).toBe("ERR_EVIDENCE_MALFORMED");
+    expect(codeOf(() => parseSgxQuote(bad))).toBe("ERR_EVIDENCE_CHAIN");
   });
 
   it("checks every inner length against the buffer", () => {

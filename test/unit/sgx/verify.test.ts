@@ -16,7 +16,13 @@ import {
   createSimulatedSgxPlatform,
   type SimulatedSgxPlatform,
 } from "../../../core/evidence/simulated/sgx.js";
-import { buildCertificate } from "../../../core/x509/certificate.js";
+import { buildCertificate, derToPem } from "../../../core/x509/certificate.js";
+import {
+  malformedSgxChain,
+  offCurveP256Point,
+  textForms,
+  type MalformedSgxChain,
+} from "../../support/malformed-evidence.js";
 
 // Offsets in a bare quote (sgx_quote_3.h).
 const ISV_REPORT_BODY = 48;
@@ -142,9 +148,7 @@ describe("SGX quote verifier: good quotes", () => {
     const spki = platform.rootCertificate.publicKey.export({ type: "spki", format: "der" });
     der[der.indexOf(spki) + spki.length - 1]! ^= 0x01;
     const chain = [platform.pckChain[0]!, platform.pckChain[1]!, new X509Certificate(der)];
-    expect(failure(() => verifier.verify({ quote, at, pckChain: chain })).code).toBe(
-      "ERR_EVIDENCE_MALFORMED",
-    );
+    expect(failure(() => verifier.verify({ quote, at, pckChain: chain })).code).toBe("ERR_EVIDENCE_CHAIN");
   });
 
   it("pins the production Intel SGX root, not simulated ones", () => {
@@ -378,5 +382,71 @@ describe("SGX quote verifier: robustness and misuse", () => {
     const error = failure(() => verifier.verify({ quote: flipped(quote, ISV_REPORT_BODY + 64), at }));
     const signature = quote.subarray(436, 500).toString("hex");
     expect(JSON.stringify(error.toJSON())).not.toContain(signature.slice(0, 16));
+  });
+});
+
+describe("SGX quote verifier: certificates and keys that do not decode", () => {
+  let bad: MalformedSgxChain;
+
+  beforeAll(() => {
+    bad = malformedSgxChain();
+  });
+
+  /** Typed, terminal, and free of the key's bytes. */
+  function expectRefusal(
+    fn: () => unknown,
+    code: "ERR_EVIDENCE_CHAIN" | "ERR_EVIDENCE_MALFORMED",
+    point: Buffer,
+  ) {
+    const error = failure(fn);
+    expect(error.code).toBe(code);
+    expect(error.transient).toBe(false);
+    const text = `${error.message} ${JSON.stringify(error.toJSON())}`;
+    for (const form of textForms(point.subarray(0, 16))) expect(text).not.toContain(form);
+  }
+
+  it("refuses a PCK certificate whose key is a P-256 point off the curve, in the quote or from the caller", () => {
+    expect(bad.pckChain[0]!.verify(bad.pckChain[1]!.publicKey)).toBe(true); // only the key is wrong
+    const trusting = createSgxVerifier({ trustedRoots: [bad.root] });
+    const embedded = platform.generateQuote(fields, { pckChain: bad.pckChain });
+    expectRefusal(() => trusting.verify({ quote: embedded, at }), "ERR_EVIDENCE_CHAIN", bad.point);
+    expectRefusal(
+      () => verifySgxEvidence(embedded, { trustedRoots: [bad.root], at }),
+      "ERR_EVIDENCE_CHAIN",
+      bad.point,
+    );
+    const ppid = platform.generateQuote(fields, {
+      certificationData: { type: 1, data: Buffer.alloc(36, 1) },
+    });
+    expectRefusal(
+      () => trusting.verify({ quote: ppid, at, pckChain: bad.pckChain }),
+      "ERR_EVIDENCE_CHAIN",
+      bad.point,
+    );
+  });
+
+  it("refuses a garbage or truncated certificate in the quote's PCK chain", () => {
+    const [pck, ca, root] = platform.pckChain.map((c) => c.raw);
+    for (const pem of [
+      derToPem(pck!) + "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" + derToPem(root!),
+      derToPem(pck!) + derToPem(ca!.subarray(0, ca!.length - 1)) + derToPem(root!),
+    ]) {
+      const quote = platform.generateQuote(fields, {
+        certificationData: { type: 5, data: Buffer.from(pem) },
+      });
+      expect(failure(() => verifier.verify({ quote, at })).code).toBe("ERR_EVIDENCE_CHAIN");
+    }
+  });
+
+  it("refuses an attestation key that is not a point on P-256, even when the QE report certifies it", () => {
+    const point = offCurveP256Point();
+    const quote = platform.generateQuote(fields, { attestationKey: point });
+    // The QE report binds exactly these bytes, so only the key's decoding can refuse it.
+    const qeReportData = quote.subarray(QE_REPORT + 320, QE_REPORT + 352);
+    const authData = quote.subarray(QE_AUTH_DATA, QE_AUTH_DATA + 32);
+    expect(qeReportData).toEqual(createHash("sha256").update(point).update(authData).digest());
+    expect(quote.subarray(500, 564)).toEqual(point);
+    expectRefusal(() => parseSgxQuote(quote), "ERR_EVIDENCE_MALFORMED", point);
+    expectRefusal(() => verifier.verify({ quote, at }), "ERR_EVIDENCE_MALFORMED", point);
   });
 });

@@ -116,6 +116,28 @@ describe("parseCertsDocument", () => {
     expectMalformed({ keys: [{ kid: "k", kty: "RSA", x5c: [cert.raw.toString("base64")] }] });
   });
 
+  it("rejects a certificate whose key does not decode (an EC point off the curve)", () => {
+    const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+    const spki = publicKey.export({ type: "spki", format: "der" });
+    spki[spki.length - 1]! ^= 0x01;
+    const cert = buildCertificate({
+      subject: [["CN", "ec"]],
+      issuer: [["CN", "ec"]],
+      serialNumber: 1n,
+      notBefore: new Date("2020-01-01T00:00:00Z"),
+      notAfter: new Date("2040-01-01T00:00:00Z"),
+      publicKey,
+      subjectPublicKeyInfo: spki,
+      signingKey: privateKey,
+      signatureAlgorithm: "ecdsa-sha256",
+    });
+    // OpenSSL refuses the key (its ERR_OSSL_* code), not a certificate the builder got wrong.
+    expect(() => cert.publicKey).toThrow(
+      expect.objectContaining({ code: expect.stringMatching(/^ERR_OSSL_/) as string }) as Error,
+    );
+    expectMalformed({ keys: [{ kid: "k", kty: "RSA", x5c: [cert.raw.toString("base64")] }] });
+  });
+
   it("enforces size limits on text and on parsed documents", () => {
     const text = JSON.stringify(signer.certsDocument());
     expectMalformed(text, { maxBytes: text.length - 1 });

@@ -167,15 +167,6 @@ describe("validateMaaToken: tokens that pass", () => {
     const token = signer.sign(header, sevSnpClaims({ nonce: 7394904505194784 }));
     await validateMaaToken(token, options({ expectedNonce: "7394904505194784" }));
   });
-
-  it("skips the x-ms-runtime comparison for binary runtime data", async () => {
-    const binary = Buffer.from([0xde, 0xad, 0xbe, 0xef]);
-    const token = signer.sign(
-      header,
-      sevSnpClaims({ "x-ms-sevsnpvm-reportdata": sha256Hex(binary) + "0".repeat(64) }),
-    );
-    await validateMaaToken(token, options({ runtimeData: binary }));
-  });
 });
 
 describe("validateMaaToken check 1: size and shape", () => {
@@ -463,6 +454,71 @@ describe("validateMaaToken check 8: runtime data", () => {
     ]);
     await expectCode(signer.sign(header, sevSnpClaims({ "x-ms-runtime": {} })), "ERR_TOKEN_RUNTIME_DATA", {
       runtimeData,
+    });
+  });
+
+  describe("a token that binds a key always has it compared: runtime data must be a JSON object", () => {
+    const json = JSON.stringify({ keys: runtimeKeys, nonce: "n-1" });
+    // The token's key is one the runtime data does not hold: only the comparison can catch it.
+    const attackerKeys = [{ ...runtimeKeys[0], kid: "attacker", n: "attacker-modulus" }];
+    const cases: readonly [string, Buffer, string][] = [
+      [
+        "a UTF-8 byte-order mark",
+        Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from(json)]),
+        "starts with a UTF-8 byte-order mark",
+      ],
+      ["a JSON array", Buffer.from(`[${json}]`), "JSON array"],
+      ["a JSON string", Buffer.from(JSON.stringify(json)), "JSON string"],
+      ["a JSON number", Buffer.from("42"), "JSON number"],
+      ["JSON null", Buffer.from("null"), "JSON null"],
+      [
+        "invalid UTF-8",
+        Buffer.concat([Buffer.from(json.slice(0, -1)), Buffer.from([0xff, 0x7d])]),
+        "not valid UTF-8",
+      ],
+      ["binary bytes", Buffer.from([0xde, 0xad, 0xbe, 0xef]), "not valid UTF-8"],
+      ["text that is not JSON", Buffer.from("keys=attacker"), "not JSON"],
+    ];
+
+    it.each(cases)("refuses %s with ERR_TOKEN_RUNTIME_DATA", async (_label, bytes, actual) => {
+      const token = signer.sign(
+        header,
+        sevSnpClaims({
+          "x-ms-runtime": { keys: attackerKeys },
+          "x-ms-sevsnpvm-reportdata": sha256Hex(bytes) + "0".repeat(64),
+        }),
+      );
+      const error = await failure(token, { runtimeData: bytes });
+      expect(error.code).toBe("ERR_TOKEN_RUNTIME_DATA");
+      expect(error.violations).toEqual([{ field: "runtimeData", expected: "a UTF-8 JSON object", actual }]);
+      // The message and violations name the problem, never the bytes.
+      expect(JSON.stringify(error.toJSON())).not.toContain("attacker");
+    });
+
+    it("accepts binary runtime data when the token binds no key (MAA's Binary dataType)", async () => {
+      const binary = cases.find(([label]) => label === "binary bytes")![1];
+      const token = signer.sign(
+        header,
+        sevSnpClaims({
+          "x-ms-runtime": undefined,
+          "x-ms-sevsnpvm-reportdata": sha256Hex(binary) + "0".repeat(64),
+        }),
+      );
+      await validateMaaToken(token, options({ runtimeData: binary }));
+      // The report data is still bound to it.
+      await expectCode(token, "ERR_TOKEN_RUNTIME_DATA", { runtimeData: Buffer.from([0xde, 0xad]) });
+    });
+
+    it("accepts the same JSON object without the byte-order mark, with surrounding whitespace", async () => {
+      const plain = Buffer.from(` \n${JSON.stringify({ keys: runtimeKeys })}\t`);
+      const token = signer.sign(
+        header,
+        sevSnpClaims({
+          "x-ms-runtime": { keys: runtimeKeys },
+          "x-ms-sevsnpvm-reportdata": sha256Hex(plain) + "0".repeat(64),
+        }),
+      );
+      await validateMaaToken(token, options({ runtimeData: plain }));
     });
   });
 

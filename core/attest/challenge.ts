@@ -1,0 +1,121 @@
+/**
+ * Issuing challenges: the freshness half of the attest protocol. Every attestation answers a
+ * challenge the control plane issued to that agent — a 32-byte random nonce with a deadline,
+ * written to the agent's record before the signed `challenge` message is sent, so the nonce
+ * exists in state before anyone can answer it. The agent binds the nonce into its runtime data
+ * (and so into the hardware report); `attest` refuses evidence that does not bind an open nonce
+ * of that agent, and uses each nonce once.
+ *
+ * An agent has at most one open challenge. A `challenge-request` while one is open and not near
+ * its deadline sends the same challenge again instead of replacing it: agent ids are not
+ * authenticated, so whoever can write to the requests queue could otherwise invalidate an
+ * agent's nonce while it is collecting evidence. The re-attestation timer issues challenges
+ * through the same function.
+ */
+import { ShieldError } from "../errors.js";
+import {
+  makeChallenge,
+  parseChallengeRequest,
+  type ChallengeRequest,
+  type TeeKind,
+} from "../messages/index.js";
+import type { AgentSender } from "../control/signed.js";
+import type { Clock, Random } from "../ports/clock.js";
+import type { Logger } from "../ports/logger.js";
+import type { AgentRecord, PendingChallenge, StateStore } from "../ports/state.js";
+import { changeAgent } from "../state/agents.js";
+
+export interface ChallengePorts {
+  readonly state: StateStore;
+  readonly agents: AgentSender;
+  readonly clock: Clock;
+  readonly random: Random;
+  readonly logger: Logger;
+}
+
+export interface ChallengeConfig {
+  /** How long an agent has to answer a challenge (default 300 s). */
+  readonly challengeSeconds?: number;
+}
+
+export const DEFAULT_CHALLENGE_SECONDS = 300;
+/** Bytes of randomness in a nonce. */
+export const NONCE_BYTES = 32;
+
+export interface IssuedChallenge {
+  readonly nonce: string;
+  readonly deadline: Date;
+  /** True when an open challenge was sent again rather than a new one made. */
+  readonly reused: boolean;
+}
+
+export interface ChallengeIssuer {
+  /** Writes a pending challenge for the agent (or reuses the open one) and sends it signed. */
+  issue(agent: { agentId: string; workload: string; tee: TeeKind }): Promise<IssuedChallenge>;
+  /** The `challenge-request` message handler: parse, issue. */
+  handleRequest(message: ChallengeRequest): Promise<IssuedChallenge>;
+}
+
+export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeConfig = {}): ChallengeIssuer {
+  const seconds = config.challengeSeconds ?? DEFAULT_CHALLENGE_SECONDS;
+  if (!Number.isSafeInteger(seconds) || seconds < 10 || seconds > 3600) {
+    throw new TypeError("challengeSeconds must be an integer in 10..3600");
+  }
+  const { state, agents, clock, random, logger } = ports;
+
+  /** An open challenge with at least a third of its time left is sent again as it is. */
+  function reusable(challenge: PendingChallenge | undefined, now: Date): challenge is PendingChallenge {
+    return (
+      challenge !== undefined &&
+      challenge.answeredBy === undefined &&
+      challenge.deadline.getTime() - now.getTime() >= (seconds * 1000) / 3
+    );
+  }
+
+  async function issue(agent: { agentId: string; workload: string; tee: TeeKind }): Promise<IssuedChallenge> {
+    const now = clock.now();
+    let issued: IssuedChallenge | undefined;
+    await changeAgent(state, agent.agentId, (current: AgentRecord | undefined) => {
+      if (reusable(current?.challenge, now)) {
+        issued = { nonce: current.challenge.nonce, deadline: current.challenge.deadline, reused: true };
+        return undefined;
+      }
+      const challenge: PendingChallenge = {
+        nonce: random.bytes(NONCE_BYTES).toString("base64url"),
+        issuedAt: now,
+        deadline: new Date(now.getTime() + seconds * 1000),
+      };
+      issued = { nonce: challenge.nonce, deadline: challenge.deadline, reused: false };
+      if (current === undefined) {
+        return {
+          agentId: agent.agentId,
+          workload: agent.workload,
+          tee: agent.tee,
+          status: "new",
+          challenge,
+          updatedAt: now,
+        };
+      }
+      const { etag: _etag, ...rest } = current;
+      return { ...rest, challenge, updatedAt: now };
+    });
+    if (issued === undefined) throw new ShieldError("ERR_INTERNAL", "no challenge was issued");
+    await agents.sendToAgent(
+      agent.agentId,
+      makeChallenge({ agentId: agent.agentId, nonce: issued.nonce, deadline: issued.deadline, sentAt: now }),
+    );
+    logger("info", issued.reused ? "open challenge sent again" : "challenge issued", {
+      agentId: agent.agentId,
+      deadline: issued.deadline.toISOString(),
+    });
+    return issued;
+  }
+
+  return {
+    issue,
+    handleRequest: (message) =>
+      issue({ agentId: message.agentId, workload: message.workload, tee: message.tee }),
+  };
+}
+
+export { parseChallengeRequest };
