@@ -228,6 +228,8 @@ export function createAgent(options: AgentOptions): Agent {
   const store = new HeldKeys();
   const listeners = new Set<(state: AgentState) => void>();
   const answeredNonces: string[] = [];
+  /** A re-attestation challenge that arrived while a round was answering another one. */
+  let deferredChallenge: { readonly nonce: string; readonly deadline: Date } | undefined;
 
   let state: AgentState = INITIAL_STATE;
   let round: Round | undefined;
@@ -396,6 +398,7 @@ export function createAgent(options: AgentOptions): Agent {
       attestedUntil: attestedUntil.toISOString(),
     });
     dispatch({ type: "result-trusted", attestedUntil });
+    answerDeferredChallenge();
   }
 
   /** One try: (re)send the round's request, wait for its result, verify and unwrap. */
@@ -768,6 +771,13 @@ export function createAgent(options: AgentOptions): Agent {
       logger("warn", "challenge for another agent dropped", { agentId, messageId });
       return;
     }
+    const waiting = round?.challengeWaiter;
+    if (waiting === undefined && challenge.reason === "requested") {
+      // The answer to a challenge-request this agent is not waiting for: anyone can ask in its
+      // name, so such a challenge never makes it attest.
+      drop(messageId, "unsolicited-challenge", "challenge this agent did not ask for dropped");
+      return;
+    }
     if (answeredNonces.includes(challenge.nonce)) {
       logger("debug", "challenge already answered", { agentId, messageId });
       return;
@@ -775,14 +785,30 @@ export function createAgent(options: AgentOptions): Agent {
     answeredNonces.push(challenge.nonce);
     if (answeredNonces.length > ANSWERED_NONCES) answeredNonces.shift();
     logger("info", "challenge received", { agentId, messageId, deadline: challenge.deadline });
-    const waiting = round?.challengeWaiter;
     if (waiting !== undefined) {
       // The challenge the running round asked for (or one the timer sent meanwhile): answer it.
       round!.nonce = challenge.nonce;
       waiting(challenge.nonce);
       return;
     }
-    dispatch({ type: "challenge", nonce: challenge.nonce, deadline: new Date(challenge.deadline) });
+    const deadline = new Date(challenge.deadline);
+    if (round?.nonce !== undefined) {
+      // A round is answering another challenge; replacing it would throw its answer away. This
+      // one is answered when that round ends (if still in time).
+      deferredChallenge = { nonce: challenge.nonce, deadline };
+      logger("info", "challenge deferred until the running round ends", { agentId, messageId });
+      return;
+    }
+    dispatch({ type: "challenge", nonce: challenge.nonce, deadline });
+  }
+
+  /** A re-attestation challenge that came during a round, once that round has ended trusted. */
+  function answerDeferredChallenge(): void {
+    const deferred = deferredChallenge;
+    deferredChallenge = undefined;
+    if (deferred === undefined || stopping) return;
+    if (deferred.deadline.getTime() <= clock.now().getTime()) return;
+    dispatch({ type: "challenge", nonce: deferred.nonce, deadline: deferred.deadline });
   }
 
   function onKeyEvent(event: KeyEvent, messageId: string): void {

@@ -7,10 +7,13 @@
  * of that agent, and uses each nonce once.
  *
  * An agent has at most one open challenge. A `challenge-request` while one is open and not near
- * its deadline sends the same challenge again instead of replacing it: agent ids are not
- * authenticated, so whoever can write to the requests queue could otherwise invalidate an
- * agent's nonce while it is collecting evidence. The re-attestation timer issues challenges
- * through the same function.
+ * its deadline sends the same challenge again instead of replacing it, and one while the open
+ * challenge is being answered sends nothing: agent ids are not authenticated, so whoever can
+ * write to the requests queue could otherwise invalidate an agent's nonce while it collects
+ * evidence, or push a new challenge at it while its answer is on the way. A challenge made for a
+ * `challenge-request` says so (`reason: "requested"`); agents use such a challenge only while
+ * they wait for one, so asking in an agent's name never makes it attest. The re-attestation
+ * timer issues challenges through the same function with `reason: "reattest"`.
  */
 import { ShieldError } from "../errors.js";
 import {
@@ -47,11 +50,23 @@ export interface IssuedChallenge {
   readonly deadline: Date;
   /** True when an open challenge was sent again rather than a new one made. */
   readonly reused: boolean;
+  /**
+   * True when nothing was sent: the open challenge is being answered right now (its nonce is
+   * consumed, the answer not yet recorded), and a new one would only replace what the agent is
+   * about to receive.
+   */
+  readonly suppressed?: boolean;
 }
 
 export interface ChallengeIssuer {
-  /** Writes a pending challenge for the agent (or reuses the open one) and sends it signed. */
-  issue(agent: { agentId: string; workload: string; tee: TeeKind }): Promise<IssuedChallenge>;
+  /**
+   * Writes a pending challenge for the agent (or reuses the open one) and sends it signed, with
+   * the reason agents act on: `requested` (a challenge-request's answer) or `reattest`.
+   */
+  issue(
+    agent: { agentId: string; workload: string; tee: TeeKind },
+    reason?: "requested" | "reattest",
+  ): Promise<IssuedChallenge>;
   /** The `challenge-request` message handler: parse, issue. */
   handleRequest(message: ChallengeRequest): Promise<IssuedChallenge>;
 }
@@ -72,10 +87,18 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
     );
   }
 
-  async function issue(agent: { agentId: string; workload: string; tee: TeeKind }): Promise<IssuedChallenge> {
+  async function issue(
+    agent: { agentId: string; workload: string; tee: TeeKind },
+    reason: "requested" | "reattest" = "reattest",
+  ): Promise<IssuedChallenge> {
     const now = clock.now();
     let issued: IssuedChallenge | undefined;
     await changeAgent(state, agent.agentId, (current: AgentRecord | undefined) => {
+      const open = current?.challenge;
+      if (open?.answeredBy !== undefined && open.deadline.getTime() > now.getTime()) {
+        issued = { nonce: open.nonce, deadline: open.deadline, reused: true, suppressed: true };
+        return undefined;
+      }
       if (reusable(current?.challenge, now)) {
         issued = { nonce: current.challenge.nonce, deadline: current.challenge.deadline, reused: true };
         return undefined;
@@ -100,9 +123,19 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
       return { ...rest, challenge, updatedAt: now };
     });
     if (issued === undefined) throw new ShieldError("ERR_INTERNAL", "no challenge was issued");
+    if (issued.suppressed === true) {
+      logger("info", "challenge being answered; none sent", { agentId: agent.agentId });
+      return issued;
+    }
     await agents.sendToAgent(
       agent.agentId,
-      makeChallenge({ agentId: agent.agentId, nonce: issued.nonce, deadline: issued.deadline, sentAt: now }),
+      makeChallenge({
+        agentId: agent.agentId,
+        nonce: issued.nonce,
+        deadline: issued.deadline,
+        reason,
+        sentAt: now,
+      }),
     );
     logger("info", issued.reused ? "open challenge sent again" : "challenge issued", {
       agentId: agent.agentId,
@@ -114,7 +147,7 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
   return {
     issue,
     handleRequest: (message) =>
-      issue({ agentId: message.agentId, workload: message.workload, tee: message.tee }),
+      issue({ agentId: message.agentId, workload: message.workload, tee: message.tee }, "requested"),
   };
 }
 

@@ -176,6 +176,12 @@ export const challengeSchema = z.strictObject(
     agentId,
     nonce,
     deadline: timestamp("deadline"),
+    /**
+     * `requested`: the answer to a `challenge-request` — an agent uses it only while it waits for
+     * one, since anyone can ask in its name. `reattest` (also when absent): the control plane wants
+     * this agent to attest again, and a missed deadline counts against it.
+     */
+    reason: z.enum(["requested", "reattest"], { error: "one of requested, reattest" }).optional(),
     sentAt: timestamp("sentAt"),
   },
   OBJECT,

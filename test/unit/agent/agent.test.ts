@@ -913,6 +913,52 @@ describe("agent: control messages it cannot verify change nothing", () => {
   });
 });
 
+describe("agent: challenges nobody may push at it", () => {
+  it("ignores a signed answer to a challenge-request it did not send (anyone may ask in its name)", async () => {
+    const h = harness({ keys: ["orders"] });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    const requestsBefore = h.responder.requests.length;
+    const askedBefore = h.responder.challengeRequests.length;
+    await h.responder.challenge(h.agentId, { reason: "requested" });
+    await until(() => h.agent.status().inbox.dropped["unsolicited-challenge"] === 1);
+    await sleep(150);
+    expect(h.responder.requests.length).toBe(requestsBefore);
+    expect(h.responder.challengeRequests.length).toBe(askedBefore);
+    expect(h.agent.state().name).toBe("trusted");
+    // A re-attestation challenge is answered as before.
+    const reattest = await h.responder.challenge(h.agentId, { reason: "reattest" });
+    await until(() => h.responder.requests.length === requestsBefore + 1);
+    expect(h.responder.requests.at(-1)?.challenge).toBe(reattest.nonce);
+  });
+
+  it("does not let a re-attestation challenge abort the round whose answer is on its way; answers it after", async () => {
+    let hold: (() => void) | undefined;
+    const h = harness({
+      keys: ["orders"],
+      script: async (_request, index) => {
+        // The second attestation's answer is held back while another challenge arrives.
+        if (index === 1) await new Promise<void>((resolve) => (hold = resolve));
+        return { kind: "trusted" };
+      },
+    });
+    await h.agent.start();
+    await until(inState(h.agent, "trusted"));
+    const first = await h.responder.challenge(h.agentId, { reason: "reattest" });
+    await until(() => h.responder.requests.length === 2 && hold !== undefined);
+    const second = await h.responder.challenge(h.agentId, { reason: "reattest" });
+    await until(() => h.logs.some((l) => l.message === "challenge deferred until the running round ends"));
+    hold!();
+    // The held answer is taken (not thrown away), then the deferred challenge is answered.
+    await until(() => h.responder.requests.length === 3);
+    expect(h.responder.requests[1]?.challenge).toBe(first.nonce);
+    expect(h.responder.requests[2]?.challenge).toBe(second.nonce);
+    await until(inState(h.agent, "trusted"));
+    const accepted = h.logs.filter((l) => l.message === "attestation trusted").length;
+    expect(accepted).toBe(3);
+  });
+});
+
 describe("agent: a replayed result after a revocation on the control plane's side", () => {
   /**
    * Trusted by result R1 (for request Q1), then challenged: request Q2 is sent, and its genuine

@@ -139,7 +139,10 @@ export interface FakeResponder {
   /** Builds the result the script would send for a request (to send by hand). */
   resultFor(request: AttestationRequest, reply: Reply): Promise<AttestationResult | undefined>;
   /** Issues a challenge to an agent and sends it signed, as the re-attestation timer does. */
-  challenge(agentId: string, options?: { nonce?: string; deadline?: Date }): Promise<Challenge>;
+  challenge(
+    agentId: string,
+    options?: { nonce?: string; deadline?: Date; reason?: "requested" | "reattest" },
+  ): Promise<Challenge>;
   /** Signs a message with the control plane and sends it to the agent it names. */
   send(message: AgentMessage): Promise<SignedAgentMessage>;
   stop(): Promise<void>;
@@ -179,7 +182,7 @@ export function startFakeResponder(options: FakeResponderOptions): FakeResponder
 
   async function challenge(
     agentId: string,
-    given: { nonce?: string; deadline?: Date } = {},
+    given: { nonce?: string; deadline?: Date; reason?: "requested" | "reattest" } = {},
   ): Promise<Challenge> {
     const nonce = given.nonce ?? randomBytes(32).toString("base64url");
     issued.set(nonce, { agentId, nonce });
@@ -187,6 +190,7 @@ export function startFakeResponder(options: FakeResponderOptions): FakeResponder
       agentId,
       nonce,
       deadline: given.deadline ?? new Date(Date.now() + 60_000),
+      ...(given.reason === undefined ? {} : { reason: given.reason }),
       sentAt: new Date(),
     });
     challenges.push(message);
@@ -291,7 +295,8 @@ export function startFakeResponder(options: FakeResponderOptions): FakeResponder
       if (request.type === "challenge-request") {
         challengeRequests.push(request);
         const answerIt = options.answerChallenge?.(request, challengeIndex++) ?? true;
-        if (answerIt && !stopping) await challenge(request.agentId);
+        // As the attest function answers a challenge-request: a challenge for the asker only.
+        if (answerIt && !stopping) await challenge(request.agentId, { reason: "requested" });
         continue;
       }
       if (request.type !== "attestation-request") throw new Error(`unexpected ${request.type} request`);

@@ -237,6 +237,35 @@ describe("challenges: every release answers a fresh nonce issued to that agent",
     expect(second).not.toBe(first);
   });
 
+  it("marks a challenge-request's answer as requested, and sends none while the open one is being answered", async () => {
+    const handle = handler();
+    await handle(
+      makeChallengeRequest({ agentId: "agent-s", workload: "w", tee: "sevsnp", sentAt: clock.now() }),
+      {
+        messageId: "c1",
+        deliveryCount: 1,
+      },
+    );
+    const sent = await next("agent-s");
+    expect(sent).toMatchObject({ type: "challenge", reason: "requested" });
+    // Its nonce consumed, the answer not yet recorded: someone asks in the agent's name.
+    const challenge = sent?.type === "challenge" ? sent.nonce : "";
+    await changeAgent(state, "agent-s", (current) => ({
+      ...current!,
+      challenge: { ...current!.challenge!, answeredBy: "req-in-flight" },
+      updatedAt: clock.now(),
+    }));
+    const signaturesBefore = control.signer.signatures;
+    const outcome = await handle(
+      makeChallengeRequest({ agentId: "agent-s", workload: "w", tee: "sevsnp", sentAt: clock.now() }),
+      { messageId: "c2", deliveryCount: 1 },
+    );
+    expect(outcome.settlement.action).toBe("complete");
+    expect(await next("agent-s")).toBeUndefined();
+    expect(control.signer.signatures).toBe(signaturesBefore);
+    expect((await state.getAgent("agent-s"))?.challenge?.nonce).toBe(challenge);
+  });
+
   it("signs two messages per attestation (challenge, result), and Key Vault sees the nonce", async () => {
     const handle = handler();
     const before = control.signer.signatures;
