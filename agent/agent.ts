@@ -53,6 +53,7 @@ import type { SignerTrust } from "../core/keywrap/index.js";
 import {
   makeAttestationRequest,
   makeChallengeRequest,
+  requestBinding,
   requestDigest,
   type AttestationRequest,
   type AttestationResult,
@@ -533,20 +534,24 @@ export function createAgent(options: AgentOptions): Agent {
   }
 
   async function buildRequest(current: Round, nonce: string): Promise<AttestationRequest> {
-    const runtimeData: RuntimeData = runtimeKey.bindToNonce(nonce);
+    const requestId = random.uuid();
+    const keys = [...configuredKeys];
+    // The hardware signs the runtime data, so its evidence cannot be sent with other fields.
+    const binding = requestBinding({ agentId, requestId, workload, tee: provider.tee, keys });
+    const runtimeData: RuntimeData = runtimeKey.bindToNonce(nonce, binding);
     const evidence = await collectEvidence(provider, {
       runtimeData: runtimeData.bytes,
       reportData: runtimeData.reportData,
     });
     return makeAttestationRequest({
       agentId,
-      requestId: random.uuid(),
+      requestId,
       workload,
       tee: provider.tee,
       evidence,
       runtimeData: runtimeData.base64url,
       challenge: nonce,
-      keys: [...configuredKeys],
+      keys,
       sentAt: clock.now(),
     });
   }

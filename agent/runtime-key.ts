@@ -5,7 +5,7 @@
  * not as a JWK, not as a KeyObject: `unwrapReleased` runs core/keywrap's unwrap here.
  *
  * Runtime data is `{"keys":[{"kty":"RSA","n","e","kid","key_ops":["encrypt"]}]}` (plus `"nonce"`
- * when it answers a challenge), the shape Key Vault's release requires of `x-ms-runtime`
+ * when it answers a challenge, and `"request"`, the binding of the request's fields), the shape Key Vault's release requires of `x-ms-runtime`
  * (an RSA JWK with `kid` and `key_ops` containing `encrypt`). It is serialised once; REPORT_DATA
  * is sha256 of exactly those bytes followed by 32 zero bytes, and the same bytes are what the
  * attestation request carries, so nothing ever re-serialises what the hardware signed. `kid` is
@@ -51,8 +51,11 @@ export interface RuntimeKey {
   readonly publicJwk: RuntimePublicJwk;
   /** The runtime data made at start (no nonce). */
   readonly runtimeData: RuntimeData;
-  /** Fresh runtime data answering a challenge: new bytes and REPORT_DATA, the same key. */
-  bindToNonce(nonce: string): RuntimeData;
+  /**
+   * Fresh runtime data answering a challenge: new bytes and REPORT_DATA, the same key; with
+   * `request`, the request binding (core/messages `requestBinding`) as its `"request"` member.
+   */
+  bindToNonce(nonce: string, request?: string): RuntimeData;
   /**
    * Parses, verifies and unwraps a Key Vault release response wrapped to this key (see
    * core/keywrap `unwrapReleasedKey` for the checks and error codes).
@@ -103,11 +106,14 @@ function runtimeKeyFrom(bits: RuntimeKeyBits, publicKey: KeyObject, privateKey: 
     kid,
     publicJwk,
     runtimeData: runtimeDataFor(publicJwk, undefined),
-    bindToNonce(nonce: string): RuntimeData {
+    bindToNonce(nonce: string, request?: string): RuntimeData {
       if (!nonceSchema.safeParse(nonce).success) {
         throw new TypeError("nonce must be a challenge nonce (16..128 characters of base64url)");
       }
-      return runtimeDataFor(publicJwk, nonce);
+      if (request !== undefined && !/^[A-Za-z0-9_-]{43}$/.test(request)) {
+        throw new TypeError("request must be a request binding (43 characters of base64url)");
+      }
+      return runtimeDataFor(publicJwk, nonce, request);
     },
     unwrapReleased(releaseResponse: string, options?: ParseReleaseResponseOptions): UnwrappedReleasedKey {
       return unwrapReleasedKey(releaseResponse, privateKey, options);
@@ -121,8 +127,17 @@ function runtimeKeyFrom(bits: RuntimeKeyBits, publicKey: KeyObject, privateKey: 
   return Object.freeze(runtimeKey);
 }
 
-function runtimeDataFor(publicJwk: RuntimePublicJwk, nonce: string | undefined): RuntimeData {
-  const document = nonce === undefined ? { keys: [publicJwk] } : { keys: [publicJwk], nonce };
+function runtimeDataFor(
+  publicJwk: RuntimePublicJwk,
+  nonce: string | undefined,
+  request?: string,
+): RuntimeData {
+  const document =
+    nonce === undefined
+      ? { keys: [publicJwk] }
+      : request === undefined
+        ? { keys: [publicJwk], nonce }
+        : { keys: [publicJwk], nonce, request };
   // Serialised once: every consumer gets copies of these bytes, never a re-serialisation.
   const bytes = Buffer.from(JSON.stringify(document), "utf8");
   const reportData = reportDataFor(bytes);

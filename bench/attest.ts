@@ -26,6 +26,7 @@ import { renderReleasePolicy } from "../core/policy/index.js";
 import {
   makeAttestationRequest,
   makeChallengeRequest,
+  requestBinding,
   type AttestationRequest,
 } from "../core/messages/index.js";
 import { createRuntimeKey } from "../agent/runtime-key.js";
@@ -108,13 +109,17 @@ export async function benchAttest(
       );
       const nonce = (await state.getAgent(agentId))?.challenge?.nonce;
       if (nonce === undefined) throw new Error("no challenge was issued");
-      const bound = runtimeKey.bindToNonce(nonce);
+      const requestId = `${tag}-${i}`;
+      const bound = runtimeKey.bindToNonce(
+        nonce,
+        requestBinding({ agentId, requestId, workload: "bench", tee: "sevsnp", keys: KEYS }),
+      );
       const report = platform.signReport({
         reportData: bound.reportData.subarray(0, 32),
         hostData: Buffer.from(HOST_DATA, "hex"),
         ...(debug ? { debug: true } : {}),
       });
-      await attest(message(agentId, `${tag}-${i}`, report, bound.base64url, nonce), context(i));
+      await attest(message(agentId, requestId, report, bound.base64url, nonce), context(i));
     };
     const message = (
       agentId: string,

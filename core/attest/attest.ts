@@ -36,6 +36,7 @@ import {
   denialFromError,
   makeAttestationResult,
   parseMessage,
+  requestBinding,
   requestDigest,
   type AttestationRequest,
   type AttestationResult,
@@ -444,21 +445,26 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         ],
       });
     }
-    checkRuntimeNonce(ctx.runtimeData, pending.nonce);
+    checkRuntimeBinding(ctx.runtimeData, pending.nonce, request);
   }
 
-  /** The nonce must be inside the runtime data, whose hash the hardware signed. */
-  function checkRuntimeNonce(runtimeData: Buffer, challenge: string): void {
-    let nonce: unknown;
+  /**
+   * The nonce, and the binding of the request's other fields, must be inside the runtime data,
+   * whose hash the hardware signed: evidence cannot be replayed, nor sent under another agent id,
+   * request id, workload or key list.
+   */
+  function checkRuntimeBinding(runtimeData: Buffer, challenge: string, request: AttestationRequest): void {
+    let parsed: unknown;
     try {
-      const parsed: unknown = JSON.parse(runtimeData.toString("utf8"));
-      nonce =
-        typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)
-          ? (parsed as { nonce?: unknown }).nonce
-          : undefined;
+      parsed = JSON.parse(runtimeData.toString("utf8"));
     } catch {
-      nonce = undefined;
+      parsed = undefined;
     }
+    const document =
+      typeof parsed === "object" && parsed !== null && !Array.isArray(parsed)
+        ? (parsed as { nonce?: unknown; request?: unknown })
+        : {};
+    const nonce = document.nonce;
     if (nonce !== challenge) {
       throw new ShieldError("ERR_CHALLENGE_MISMATCH", "the runtime data does not carry the challenge nonce", {
         violations: [
@@ -466,6 +472,17 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
             field: "runtimeData.nonce",
             expected: "the challenge nonce",
             actual: typeof nonce === "string" ? "another nonce" : "absent",
+          },
+        ],
+      });
+    }
+    if (document.request !== requestBinding(request)) {
+      throw new ShieldError("ERR_EVIDENCE_BINDING", "the runtime data does not bind this request", {
+        violations: [
+          {
+            field: "runtimeData.request",
+            expected: "sha256 of agentId, requestId, workload, tee and keys",
+            actual: typeof document.request === "string" ? "another request" : "absent",
           },
         ],
       });

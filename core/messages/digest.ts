@@ -14,6 +14,28 @@ export function requestDigest(request: AttestationRequest): string {
   return createHash("sha256").update(canonicalJson(request), "utf8").digest("base64url");
 }
 
+/** What an attestation request asks for, as its runtime data binds it (`"request"` member). */
+export interface RequestBindingFields {
+  readonly agentId: string;
+  readonly requestId: string;
+  readonly workload: string;
+  readonly tee: string;
+  readonly keys: readonly string[];
+}
+
+/**
+ * base64url sha256 of the canonical JSON of the fields a request's evidence does not otherwise
+ * cover. The agent puts it into the runtime data, whose hash the hardware signs, so a copy of the
+ * evidence sent with another agent id, request id, workload or key list is refused before
+ * anything is attested, released or recorded.
+ */
+export function requestBinding(fields: RequestBindingFields): string {
+  const { agentId, requestId, workload, tee, keys } = fields;
+  return createHash("sha256")
+    .update(canonicalJson({ agentId, requestId, workload, tee, keys: [...keys] }), "utf8")
+    .digest("base64url");
+}
+
 /** JSON with object keys sorted, so both sides hash the same bytes whatever order they built. */
 export function canonicalJson(value: unknown): string {
   if (value === null || typeof value !== "object") return JSON.stringify(value);

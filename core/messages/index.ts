@@ -46,7 +46,7 @@ export {
   type RotationReason,
   type TrustedResult,
 } from "./v1.js";
-export { canonicalJson, requestDigest } from "./digest.js";
+export { canonicalJson, requestBinding, requestDigest, type RequestBindingFields } from "./digest.js";
 export {
   EVIDENCE_LIMITS,
   type Evidence,

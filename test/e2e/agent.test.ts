@@ -55,6 +55,7 @@ import {
   makeKeyEvent,
   type AttestationRequest,
   type ChallengeRequest,
+  requestBinding,
 } from "../../core/messages/index.js";
 import type { AgentRequest, RequestChannel } from "../../core/ports/bus.js";
 import { systemClock, systemRandom } from "../../core/ports/clock.js";
@@ -342,7 +343,11 @@ describe("agent end to end", () => {
         ),
     );
     const runtimeData = Buffer.from(answer.runtimeData, "base64url");
-    expect(JSON.parse(runtimeData.toString("utf8"))).toEqual({ keys: [publicJwk()], nonce });
+    expect(JSON.parse(runtimeData.toString("utf8"))).toEqual({
+      keys: [publicJwk()],
+      nonce,
+      request: requestBinding(answer),
+    });
     if (answer.evidence.tee !== "sevsnp") throw new Error("sevsnp evidence expected");
     const report = parseSnpReport(Buffer.from(answer.evidence.report, "base64url"));
     expect(report.reportData.equals(reportDataFor(runtimeData))).toBe(true);
@@ -463,7 +468,8 @@ describe("agent end to end", () => {
         nonce?: string;
       };
       // Every attestation answers a challenge, and its runtime data carries that nonce.
-      expect(Object.keys(runtime).sort()).toEqual(["keys", "nonce"]);
+      expect(Object.keys(runtime).sort()).toEqual(["keys", "nonce", "request"]);
+      expect((runtime as { request?: string }).request).toBe(requestBinding(request));
       expect(runtime.nonce).toBe(request.challenge);
       expect(runtime.keys).toEqual([publicJwk()]);
       expect(Object.keys(runtime.keys[0]!).sort()).toEqual(["e", "key_ops", "kid", "kty", "n"]);

@@ -29,6 +29,7 @@ import { renderReleasePolicy } from "../../core/policy/index.js";
 import {
   makeAttestationRequest,
   makeChallengeRequest,
+  requestBinding,
   type AttestationRequest,
   type AttestationResult,
 } from "../../core/messages/index.js";
@@ -91,7 +92,12 @@ async function request(
   sequence++;
   const agentId = fields.agentId ?? `agent-${process.pid}-${sequence}`;
   const challenge = fields.challenge ?? (await challengeFor(agentId));
-  const runtimeData = runtimeKey.bindToNonce(challenge);
+  const requestId = `req-${sequence}-${Date.now()}`;
+  const keys = [...(fields.keys ?? KEYS)];
+  const runtimeData = runtimeKey.bindToNonce(
+    challenge,
+    requestBinding({ agentId, requestId, workload: "orders", tee: "sevsnp", keys }),
+  );
   const report = platform.signReport({
     reportData: fields.reportData ?? runtimeData.reportData.subarray(0, 32),
     hostData: Buffer.from(fields.hostData ?? HOST_DATA, "hex"),
@@ -99,7 +105,7 @@ async function request(
   });
   return makeAttestationRequest({
     agentId,
-    requestId: `req-${sequence}-${Date.now()}`,
+    requestId,
     workload: "orders",
     tee: "sevsnp",
     evidence: {
@@ -109,7 +115,7 @@ async function request(
       vcekChain: platform.leafPem + platform.chainPem,
     },
     runtimeData: runtimeData.base64url,
-    keys: [...(fields.keys ?? KEYS)],
+    keys,
     challenge,
     sentAt: new Date(),
   });

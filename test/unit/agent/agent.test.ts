@@ -19,6 +19,7 @@ import {
   type AttestationRequest,
   type Challenge,
   type KeyEvent,
+  requestBinding,
 } from "../../../core/messages/index.js";
 import type { RequestChannel } from "../../../core/ports/bus.js";
 import type { LogFields, LogLevel } from "../../../core/ports/logger.js";
@@ -217,7 +218,7 @@ describe("agent: first attestation", () => {
     ]);
     const [challenge] = h.responder.challenges as [Challenge];
     const [request] = h.responder.requests as [AttestationRequest];
-    const bound = runtimeKey.bindToNonce(challenge.nonce);
+    const bound = runtimeKey.bindToNonce(challenge.nonce, requestBinding(request));
     expect(request).toMatchObject({
       agentId: h.agentId,
       workload: "orders",
@@ -226,7 +227,11 @@ describe("agent: first attestation", () => {
       challenge: challenge.nonce,
       runtimeData: bound.base64url,
     });
-    expect(runtimeDataOf(request)).toEqual({ keys: [runtimeKey.publicJwk], nonce: challenge.nonce });
+    expect(runtimeDataOf(request)).toEqual({
+      keys: [runtimeKey.publicJwk],
+      nonce: challenge.nonce,
+      request: requestBinding(request),
+    });
     if (request.evidence.tee !== "sevsnp") throw new Error("sevsnp evidence expected");
     const report = parseSnpReport(Buffer.from(request.evidence.report, "base64url"));
     expect(report.reportData.equals(bound.reportData)).toBe(true);
@@ -392,7 +397,7 @@ describe("agent: re-attestation", () => {
     expect(h.responder.challengeRequests.length).toBe(1);
     const answer = h.responder.requests[1]!;
     expect(answer.challenge).toBe(nonce);
-    const bound = runtimeKey.bindToNonce(nonce);
+    const bound = runtimeKey.bindToNonce(nonce, requestBinding(answer));
     expect(answer.runtimeData).toBe(bound.base64url);
     expect(JSON.parse(bound.bytes.toString("utf8"))).toMatchObject({ nonce, keys: [runtimeKey.publicJwk] });
     if (answer.evidence.tee !== "sevsnp") throw new Error("sevsnp evidence expected");
@@ -468,7 +473,11 @@ describe("agent: re-attestation", () => {
     );
     expect(new Set(requests.map((request) => request.challenge)).size).toBe(3);
     for (const request of requests) {
-      expect(runtimeDataOf(request)).toEqual({ keys: [runtimeKey.publicJwk], nonce: request.challenge });
+      expect(runtimeDataOf(request)).toEqual({
+        keys: [runtimeKey.publicJwk],
+        nonce: request.challenge,
+        request: requestBinding(request),
+      });
     }
     expect(h.responder.refused).toEqual([]);
     expect(h.logs.some((l) => l.fields?.["purpose"] === "periodic")).toBe(true);
@@ -572,7 +581,11 @@ describe("agent: re-attestation failures", () => {
     const answer = h.responder.requests.at(-1)!;
     expect(h.responder.requests.length).toBe(2);
     expect(answer.challenge).toBe(last.nonce);
-    expect(runtimeDataOf(answer)).toEqual({ keys: [runtimeKey.publicJwk], nonce: last.nonce });
+    expect(runtimeDataOf(answer)).toEqual({
+      keys: [runtimeKey.publicJwk],
+      nonce: last.nonce,
+      request: requestBinding(answer),
+    });
   });
 });
 

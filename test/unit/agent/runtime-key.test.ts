@@ -74,6 +74,20 @@ describe("runtime key", () => {
     expect(() => key.bindToNonce("not base64url!!!!!!!!")).toThrow(TypeError);
   });
 
+  it("binds the request's fields as the runtime data's request member, and refuses a malformed binding", () => {
+    const binding = createHash("sha256").update("fields").digest("base64url");
+    const bound = key.bindToNonce(NONCE, binding);
+    expect(JSON.parse(bound.bytes.toString("utf8"))).toEqual({
+      keys: [key.publicJwk],
+      nonce: NONCE,
+      request: binding,
+    });
+    expect(bound.reportData.subarray(0, 32)).toEqual(createHash("sha256").update(bound.bytes).digest());
+    expect(bound.base64url).not.toBe(key.bindToNonce(NONCE).base64url);
+    expect(() => key.bindToNonce(NONCE, "too-short")).toThrow(TypeError);
+    expect(() => key.bindToNonce(NONCE, `${binding.slice(0, 42)}!`)).toThrow(TypeError);
+  });
+
   it("unwraps a release response wrapped to it, without the private key leaving the module", async () => {
     const signer = vaultSigner("Runtime");
     const response = await buildReleaseResponse(

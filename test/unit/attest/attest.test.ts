@@ -14,6 +14,7 @@ import {
 import {
   makeAttestationRequest,
   makeChallengeRequest,
+  requestBinding,
   requestDigest,
   type AttestationRequest,
   type AttestationResult,
@@ -129,15 +130,18 @@ function request(fields: {
   boundNonce?: string | null;
 }): AttestationRequest {
   n++;
+  const requestId = `req-${n}`;
+  const keys = fields.keys ?? ["k1"];
   const bound = fields.boundNonce === undefined ? fields.challenge : fields.boundNonce;
-  const runtime = bound === null ? runtimeKey.runtimeData : runtimeKey.bindToNonce(bound);
+  const binding = requestBinding({ agentId: fields.agentId, requestId, workload: "w", tee: "sevsnp", keys });
+  const runtime = bound === null ? runtimeKey.runtimeData : runtimeKey.bindToNonce(bound, binding);
   const report = platform.signReport({
     reportData: runtime.reportData.subarray(0, 32),
     hostData: Buffer.from(HOST_DATA, "hex"),
   });
   return makeAttestationRequest({
     agentId: fields.agentId,
-    requestId: `req-${n}`,
+    requestId,
     workload: "w",
     tee: "sevsnp",
     evidence: {
@@ -147,7 +151,7 @@ function request(fields: {
       vcekChain: platform.leafPem + platform.chainPem,
     },
     runtimeData: runtime.base64url,
-    keys: fields.keys ?? ["k1"],
+    keys,
     sentAt: clock.now(),
     challenge: fields.challenge,
   });
@@ -365,6 +369,35 @@ describe("challenges: every release answers a fresh nonce issued to that agent",
     expect(code(refused)).toBe("ERR_REQUEST_REPLAYED");
     expect(releases()).toBe(before);
     expect((await state.getAgent("agent-d"))?.status).toBe("trusted");
+  });
+
+  it("refuses the agent's own evidence sent with other fields (workload, keys, request id) before anything is attested", async () => {
+    const handle = handler();
+    expect(code(await attestFully(handle, "agent-f"))).toBe("trusted");
+    const challenge = await challengeFor(handle, "agent-f");
+    const before = releases();
+    const standing = await state.getAgent("agent-f");
+    const doctor: ((r: AttestationRequest) => AttestationRequest)[] = [
+      (r) => ({ ...r, workload: "attacker-chosen" }),
+      (r) => ({ ...r, keys: ["k1", "k2"] }),
+      (r) => ({ ...r, requestId: `${r.requestId}-copy` }),
+      (r) => ({ ...r, keys: ["k2"] }),
+    ];
+    for (const [i, change] of doctor.entries()) {
+      // Each copy takes the evidence of a request the agent really made (seen on the bus).
+      await handle(change(request({ agentId: "agent-f", challenge })), {
+        messageId: `copy-${i}`,
+        deliveryCount: 1,
+      });
+      expect(code(await answer("agent-f"))).toBe("ERR_EVIDENCE_BINDING");
+    }
+    expect(releases()).toBe(before);
+    // Nothing was consumed or rewritten: the agent's own request still goes through.
+    const after = await state.getAgent("agent-f");
+    expect(after?.workload).toBe(standing?.workload);
+    expect(after?.challenge).toEqual(standing?.challenge);
+    await handle(request({ agentId: "agent-f", challenge }), { messageId: "genuine", deliveryCount: 1 });
+    expect(code(await answer("agent-f"))).toBe("trusted");
   });
 
   it("refuses a request without a challenge field: the schema requires one", async () => {
