@@ -60,6 +60,7 @@ import {
   type AgentRecord,
   type AgentState,
   type AgentStatus,
+  type PendingChallenge,
   type AttestationRecord,
   type AuditDetails,
   type AuditEntry,
@@ -540,6 +541,8 @@ function agentEntity(agent: AgentState) {
     ...optional("challengeIssuedAt", agent.challenge?.issuedAt),
     ...optional("challengeDeadline", agent.challenge?.deadline),
     ...optional("challengeAnsweredBy", agent.challenge?.answeredBy),
+    ...optional("challengeReason", agent.challenge?.reason),
+    ...optional("challengeSentAt", agent.challenge?.sentAt),
     updatedAt: agent.updatedAt,
   };
 }
@@ -564,6 +567,11 @@ function readAgent(entity: Entity): AgentRecord {
             issuedAt: readDate(entity, "challengeIssuedAt"),
             deadline: readDate(entity, "challengeDeadline"),
             ...optional("answeredBy", readOptionalString(entity, "challengeAnsweredBy")),
+            ...optional(
+              "reason",
+              readOptionalString(entity, "challengeReason") as PendingChallenge["reason"] | undefined,
+            ),
+            ...optional("sentAt", readOptionalDate(entity, "challengeSentAt")),
           },
     ),
     updatedAt: readDate(entity, "updatedAt"),

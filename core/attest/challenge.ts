@@ -42,6 +42,8 @@ export interface ChallengeConfig {
 }
 
 export const DEFAULT_CHALLENGE_SECONDS = 300;
+/** An open challenge is sent again at most this often (an agent asks again after a timeout). */
+export const RESEND_INTERVAL_MS = 10_000;
 /** Bytes of randomness in a nonce. */
 export const NONCE_BYTES = 32;
 
@@ -52,8 +54,8 @@ export interface IssuedChallenge {
   readonly reused: boolean;
   /**
    * True when nothing was sent: the open challenge is being answered right now (its nonce is
-   * consumed, the answer not yet recorded), and a new one would only replace what the agent is
-   * about to receive.
+   * consumed, the answer not yet recorded) and a new one would only replace what the agent is
+   * about to receive, or it was sent less than RESEND_INTERVAL_MS ago.
    */
   readonly suppressed?: boolean;
 }
@@ -100,13 +102,28 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
         return undefined;
       }
       if (reusable(current?.challenge, now)) {
-        issued = { nonce: current.challenge.nonce, deadline: current.challenge.deadline, reused: true };
-        return undefined;
+        const reused = current.challenge;
+        const upgrade = reason === "reattest" && reused.reason !== "reattest";
+        const lastSent = reused.sentAt ?? reused.issuedAt;
+        if (!upgrade && now.getTime() - lastSent.getTime() < RESEND_INTERVAL_MS) {
+          // Sent moments ago: asking again and again in an agent's name buys no signatures.
+          issued = { nonce: reused.nonce, deadline: reused.deadline, reused: true, suppressed: true };
+          return undefined;
+        }
+        issued = { nonce: reused.nonce, deadline: reused.deadline, reused: true };
+        const { etag: _etag, ...rest } = current;
+        return {
+          ...rest,
+          challenge: { ...reused, ...(upgrade ? { reason } : {}), sentAt: now },
+          updatedAt: now,
+        };
       }
       const challenge: PendingChallenge = {
         nonce: random.bytes(NONCE_BYTES).toString("base64url"),
         issuedAt: now,
         deadline: new Date(now.getTime() + seconds * 1000),
+        reason,
+        sentAt: now,
       };
       issued = { nonce: challenge.nonce, deadline: challenge.deadline, reused: false };
       if (current === undefined) {
@@ -124,7 +141,7 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
     });
     if (issued === undefined) throw new ShieldError("ERR_INTERNAL", "no challenge was issued");
     if (issued.suppressed === true) {
-      logger("info", "challenge being answered; none sent", { agentId: agent.agentId });
+      logger("info", "challenge being answered or just sent; none sent", { agentId: agent.agentId });
       return issued;
     }
     await agents.sendToAgent(

@@ -29,6 +29,13 @@ export interface PendingChallenge {
    * finds it its own.
    */
   readonly answeredBy?: string;
+  /**
+   * Why it was issued: `requested` (a challenge-request; a missed deadline means nothing) or
+   * `reattest` (the control plane wants the agent to attest; a missed deadline counts against it).
+   */
+  readonly reason?: "requested" | "reattest";
+  /** When it was last sent: an open challenge is sent again only so often. */
+  readonly sentAt?: Date;
 }
 
 /** An agent as written: everything but the store's bookkeeping. */

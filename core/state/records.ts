@@ -47,6 +47,8 @@ const agentState = z.object({
       issuedAt: date,
       deadline: date,
       answeredBy: id.optional(),
+      reason: z.enum(["requested", "reattest"]).optional(),
+      sentAt: date.optional(),
     })
     .optional(),
   updatedAt: date,

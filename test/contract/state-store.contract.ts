@@ -109,8 +109,16 @@ export function defineStateStoreContract(name: string, makeHarness: () => Promis
 
       it("updates with the current ETag, refuses a stale one, and replaces the whole record", async () => {
         const id = fresh("agent");
-        const challenge = { nonce: b64url(32), issuedAt: at(1), deadline: at(301) };
+        const challenge = {
+          nonce: b64url(32),
+          issuedAt: at(1),
+          deadline: at(301),
+          reason: "reattest" as const,
+          sentAt: at(2),
+        };
         const created = await store.createAgent(agent(id, { challenge }));
+        // Every member of a pending challenge comes back as written.
+        expect((await store.getAgent(id))?.challenge).toEqual(challenge);
         const updated = await store.updateAgent(
           agent(id, { status: "trusted", statusReason: "ok", updatedAt: at(5) }),
           created.etag,

@@ -6,6 +6,7 @@
 import { randomBytes } from "node:crypto";
 import { beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createAttestHandler, type AttestOutcome } from "../../../core/attest/attest.js";
+import { createChallengeIssuer } from "../../../core/attest/challenge.js";
 import { ShieldError } from "../../../core/errors.js";
 import {
   createSimulatedSnpPlatform,
@@ -234,6 +235,19 @@ describe("challenges: every release answers a fresh nonce issued to that agent",
   it("sends the open challenge again instead of replacing it, and a new one once it is used", async () => {
     const handle = handler();
     const first = await challengeFor(handle, "agent-a");
+    // Asked again at once: nothing is signed or sent (an agent asks again only after a timeout).
+    const signatures = control.signer.signatures;
+    await handle(
+      makeChallengeRequest({ agentId: "agent-a", workload: "w", tee: "sevsnp", sentAt: clock.now() }),
+      {
+        messageId: "again",
+        deliveryCount: 1,
+      },
+    );
+    expect(await next("agent-a")).toBeUndefined();
+    expect(control.signer.signatures).toBe(signatures);
+    // Later: the same open challenge again, not a new one.
+    clock.advance(11_000);
     expect(await challengeFor(handle, "agent-a")).toBe(first);
     await handle(request({ agentId: "agent-a", challenge: first }), { messageId: "m", deliveryCount: 1 });
     expect(code(await answer("agent-a"))).toBe("trusted");
@@ -497,6 +511,23 @@ describe("challenges: every release answers a fresh nonce issued to that agent",
     await setChallenge("agent-timer", challenge);
     await handle(request({ agentId: "agent-timer", challenge }), { messageId: "m", deliveryCount: 1 });
     expect(code(await answer("agent-timer"))).toBe("trusted");
+  });
+});
+
+describe("challenges the re-attestation timer issues", () => {
+  it("records why a challenge was issued, and turns an open requested one into a reattest at once", async () => {
+    const handle = handler();
+    const issuer = createChallengeIssuer(
+      { state, agents: control.channel(bus, clock), clock, random: systemRandom, logger: () => undefined },
+      {},
+    );
+    const asked = await challengeFor(handle, "agent-t");
+    expect((await state.getAgent("agent-t"))?.challenge).toMatchObject({ nonce: asked, reason: "requested" });
+    // Within the resend interval, yet a reason upgrade is sent: the agent must know to answer it.
+    const reattest = await issuer.issue({ agentId: "agent-t", workload: "w", tee: "sevsnp" }, "reattest");
+    expect(reattest).toMatchObject({ nonce: asked, reused: true });
+    expect(await next("agent-t")).toMatchObject({ type: "challenge", nonce: asked, reason: "reattest" });
+    expect((await state.getAgent("agent-t"))?.challenge).toMatchObject({ reason: "reattest" });
   });
 });
 
