@@ -783,11 +783,13 @@ export function createAgent(options: AgentOptions): Agent {
       drop(messageId, "unsolicited-challenge", "challenge this agent did not ask for dropped");
       return;
     }
-    if (answeredNonces.includes(challenge.nonce)) {
+    // A round that asked may get a nonce it answered before: the control plane sends an open
+    // challenge again while it is unused (the earlier answer was refused before using it).
+    if (waiting === undefined && answeredNonces.includes(challenge.nonce)) {
       logger("debug", "challenge already answered", { agentId, messageId });
       return;
     }
-    answeredNonces.push(challenge.nonce);
+    if (!answeredNonces.includes(challenge.nonce)) answeredNonces.push(challenge.nonce);
     if (answeredNonces.length > ANSWERED_NONCES) answeredNonces.shift();
     logger("info", "challenge received", { agentId, messageId, deadline: challenge.deadline });
     if (waiting !== undefined) {

@@ -212,11 +212,15 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
 
   let releaseSigners: SignerTrust;
   let controlKeys: ControlKeySet;
+  let keyVaultUrl: string;
   let keyFiles: KeyFiles | undefined;
   let keyApiToken: Secret | undefined;
   try {
     releaseSigners = runtime.releaseSigners ?? (await releaseSignerTrust(config.releaseSigner));
     controlKeys = await readControlKeys(config.controlKeysFile);
+    if (config.keyVaultUrl === undefined)
+      throw new ShieldError("ERR_CONFIG", "SHIELD_KEYVAULT_URL is not set");
+    keyVaultUrl = config.keyVaultUrl;
     if (config.keyApiTokenFile !== undefined) keyApiToken = await readKeyApiToken(config.keyApiTokenFile);
     if (config.keyDir !== undefined) {
       keyFiles = await openKeyFiles({ dir: config.keyDir, names: config.keys, logger });
@@ -242,7 +246,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
     inbox: bus.inbox,
     releaseSigners,
     controlKeys,
-    keyVaultUrl: config.keyVaultUrl ?? "",
+    keyVaultUrl,
     ...(keyFiles === undefined ? {} : { keyFiles }),
     timing: {
       resultTimeoutMs: config.timeouts.resultSeconds * 1000,

@@ -623,6 +623,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       sentAt: clock.now(),
     });
     await recordRefused(ctx, error, verdict);
+    await closeAnsweredChallenge(ctx);
     await state.completeRequest(ctx.lease!, result, clock.now());
     markAnswered();
     await agents.sendToAgent(agentId, result);
@@ -645,6 +646,19 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       };
     }
     return { settlement: { action: "complete" }, agentId, requestId, verdict, keysReleased: 0 };
+  }
+
+  /**
+   * A request that used the nonce and was then refused (Key Vault said no, the answer was too
+   * large, the last delivery failed) is answered: the challenge is done, and the agent may ask
+   * for a new one at once instead of waiting out the deadline.
+   */
+  async function closeAnsweredChallenge(ctx: AttestContext): Promise<void> {
+    await changeAgent(state, ctx.request.agentId, (current) => {
+      if (current?.challenge?.answeredBy !== ctx.request.requestId) return undefined;
+      const { challenge: _done, ...rest } = withoutEtag(current);
+      return { ...rest, updatedAt: clock.now() };
+    });
   }
 
   // ---------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
  *   ERR_CONFIG, since Key Vault would otherwise copy the previous version's unchecked policy.
  * - `rotate`: the new version carries the current version's policy, so that policy must be safe
  *   before the rotation (ERR_POLICY_UNSAFE, nothing written); the new version's policy is
- *   checked again afterwards, in case the vault gave it another one.
+ *   checked again afterwards, in case the vault gave it another one — then it is given the
+ *   checked policy before the error is reported, so it never stays releasable under another.
  * - `updateReleasePolicy`: the version's current policy is read and the change checked against
  *   it (ERR_POLICY_UNSAFE_CHANGE), then the new policy must be safe on its own (ERR_POLICY_UNSAFE).
  *
@@ -45,6 +46,11 @@ export function guardReleasePolicyWrites(store: KeyStore): KeyStore {
       const violations =
         rotated.releasePolicy === undefined ? [] : checkSafeReleasePolicy(rotated.releasePolicy);
       if (violations.length > 0) {
+        // The new version exists and would release under that policy: give it the policy that
+        // was checked, then report.
+        if (current.releasePolicy !== undefined) {
+          await store.updateReleasePolicy(name, rotated.version, current.releasePolicy);
+        }
         throw new ShieldError(
           "ERR_POLICY_UNSAFE",
           `rotated version ${rotated.version} carries an unsafe release policy`,

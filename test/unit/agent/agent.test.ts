@@ -20,6 +20,7 @@ import {
   type Challenge,
   type KeyEvent,
   requestBinding,
+  type ChallengeRequest,
 } from "../../../core/messages/index.js";
 import type { RequestChannel } from "../../../core/ports/bus.js";
 import type { LogFields, LogLevel } from "../../../core/ports/logger.js";
@@ -87,6 +88,7 @@ function harness(
     keys?: string[];
     provider?: EvidenceProvider;
     requests?: (bus: MemoryBus) => RequestChannel;
+    answerChallenge?: (request: ChallengeRequest, index: number) => boolean;
   } = {},
 ): Harness {
   const bus = new MemoryBus();
@@ -99,6 +101,7 @@ function harness(
     signer,
     control,
     ...(options.script ? { script: options.script } : {}),
+    ...(options.answerChallenge ? { answerChallenge: options.answerChallenge } : {}),
   });
   const logs: Harness["logs"] = [];
   const agentId = `agent-${process.pid}-${++sequence}`;
@@ -927,6 +930,22 @@ describe("agent: control messages it cannot verify change nothing", () => {
 });
 
 describe("agent: challenges nobody may push at it", () => {
+  it("answers an open challenge sent again after its first answer was refused before using it", async () => {
+    // The control plane sends the same open challenge again to whoever asks while it is unused.
+    const h = harness({
+      keys: ["orders"],
+      answerChallenge: (_request, index) => index === 0,
+      script: (_request, index) =>
+        index === 0 ? { kind: "error", code: "ERR_UPSTREAM_UNAVAILABLE" } : { kind: "trusted" },
+    });
+    await h.agent.start();
+    await until(() => h.responder.challengeRequests.length === 2);
+    const first = h.responder.challenges[0]!;
+    await h.responder.challenge(h.agentId, { nonce: first.nonce, reason: "requested" });
+    await until(inState(h.agent, "trusted"));
+    expect(h.responder.requests.map((r) => r.challenge)).toEqual([first.nonce, first.nonce]);
+  });
+
   it("ignores a signed answer to a challenge-request it did not send (anyone may ask in its name)", async () => {
     const h = harness({ keys: ["orders"] });
     await h.agent.start();

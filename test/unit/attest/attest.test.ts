@@ -565,6 +565,20 @@ describe("settlement and idempotency", () => {
     expect(code(await answer(message.agentId))).toBe("ERR_CONFLICT");
   });
 
+  it("closes a challenge whose answer was refused after its nonce was used, so the agent can ask at once", async () => {
+    const handle = handler();
+    const challenge = await challengeFor(handle, "agent-late-refusal");
+    // Past freshness, MAA and appraisal (nonce consumed), then Key Vault has no such key.
+    await handle(request({ agentId: "agent-late-refusal", challenge, keys: ["k1", "no-such-key"] }), {
+      messageId: "m",
+      deliveryCount: 1,
+    });
+    expect(code(await answer("agent-late-refusal"))).toBe("ERR_CONFIG");
+    expect((await state.getAgent("agent-late-refusal"))?.challenge).toBeUndefined();
+    const next = await challengeFor(handle, "agent-late-refusal");
+    expect(next).not.toBe(challenge);
+  });
+
   it("treats a missing key as the operator's error: no denial of the agent, the released key on record", async () => {
     const handle = handler();
     const message = request({

@@ -33,6 +33,7 @@ function version(v: string, releasePolicy: ReleasePolicy): KeyVersionInfo {
 /** A store that records the writes it is asked to make. */
 function recordingStore(current: KeyVersionInfo, rotated: KeyVersionInfo) {
   const writes: string[] = [];
+  const updates: { version: string; policy: unknown }[] = [];
   const store: KeyStore = {
     createKey: (_name, options) => {
       writes.push("create");
@@ -47,10 +48,11 @@ function recordingStore(current: KeyVersionInfo, rotated: KeyVersionInfo) {
     },
     updateReleasePolicy: (_name, v, policy) => {
       writes.push("update");
+      updates.push({ version: v, policy });
       return Promise.resolve(version(v, policy));
     },
   };
-  return { store, writes };
+  return { store, writes, updates };
 }
 
 async function codeOf(promise: Promise<unknown>): Promise<string> {
@@ -86,7 +88,7 @@ describe("guardReleasePolicyWrites", () => {
 
   it("says so when the rotated version came back with an unsafe policy", async () => {
     // The current version was safe when read; the vault gave the new one another policy.
-    const { store, writes } = recordingStore(version("1", safe), version("2", unsafe));
+    const { store, writes, updates } = recordingStore(version("1", safe), version("2", unsafe));
     const error = await guardReleasePolicyWrites(store)
       .rotate("k")
       .catch((e: unknown) => e as ShieldError);
@@ -94,7 +96,9 @@ describe("guardReleasePolicyWrites", () => {
     expect((error as ShieldError).code).toBe("ERR_POLICY_UNSAFE");
     expect((error as ShieldError).message).toContain("rotated version 2");
     expect((error as ShieldError).violations).toHaveLength(2);
-    expect(writes).toEqual(["rotate"]);
+    // The new version got the policy that was checked, before the error was reported.
+    expect(writes).toEqual(["rotate", "update"]);
+    expect(updates).toEqual([{ version: "2", policy: safe }]);
   });
 
   it("refuses an update without a version before reading or writing", async () => {
