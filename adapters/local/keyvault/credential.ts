@@ -6,6 +6,7 @@
  * a wrong derivation fails loudly instead of passing by accident.
  */
 import type { AccessToken, GetTokenOptions, TokenCredential } from "@azure/core-auth";
+import { ShieldError } from "../../../core/errors.js";
 
 /** The scope Key Vault's challenge (`resource="https://vault.azure.net"`) leads to. */
 export const KEY_VAULT_SCOPE = "https://vault.azure.net/.default";
@@ -20,7 +21,10 @@ export function localKeyVaultCredential(token: string): TokenCredential {
     getToken(scopes: string | string[], _options?: GetTokenOptions): Promise<AccessToken | null> {
       const requested = Array.isArray(scopes) ? scopes : [scopes];
       if (requested.length !== 1 || requested[0] !== KEY_VAULT_SCOPE) {
-        return Promise.reject(new Error(`the local Key Vault credential only serves ${KEY_VAULT_SCOPE}`));
+        // Typed, so that the Key Vault adapters report a miswired scope as the configuration error it is.
+        return Promise.reject(
+          new ShieldError("ERR_CONFIG", `the local Key Vault credential only serves ${KEY_VAULT_SCOPE}`),
+        );
       }
       return Promise.resolve({
         token,

@@ -91,10 +91,12 @@ describe("authentication", () => {
   it("hands out its token only for the vault scope", async () => {
     const credential = localKeyVaultCredential("token");
     await expect(credential.getToken(KEY_VAULT_SCOPE)).resolves.toMatchObject({ token: "token" });
-    // A plain Error (the SDK's credential contract), naming the one scope it serves.
+    // An Error (the SDK's credential contract) with a typed code, naming the one scope it serves.
     const onlyVault = /^the local Key Vault credential only serves https:\/\/vault\.azure\.net\/\.default$/;
-    await expect(credential.getToken("https://storage.azure.com/.default")).rejects.toThrow(onlyVault);
-    await expect(credential.getToken([KEY_VAULT_SCOPE, "openid"])).rejects.toThrow(onlyVault);
+    for (const scopes of ["https://storage.azure.com/.default", [KEY_VAULT_SCOPE, "openid"]]) {
+      await expect(credential.getToken(scopes)).rejects.toThrow(onlyVault);
+      await expect(credential.getToken(scopes)).rejects.toMatchObject({ code: "ERR_CONFIG" });
+    }
   });
 });
 
