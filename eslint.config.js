@@ -23,5 +23,46 @@ export default tseslint.config(
       "no-console": "off",
     },
   },
+  {
+    // The layering of DESIGN §4: the composition of the whole system lives in local/, never in
+    // an adapter, and the core knows nothing of the functions app, the agent or Azure SDKs.
+    files: ["core/**/*.ts", "adapters/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/functions/**", "**/agent/**", "../../local/**", "../../../local/**"],
+              message: "core/ and adapters/ never import functions/, agent/ or local/",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
+    files: ["core/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: [
+                "**/functions/**",
+                "**/agent/**",
+                "../../local/**",
+                "../../../local/**",
+                "**/adapters/**",
+              ],
+              message: "core/ imports only node built-ins, jose and zod",
+            },
+            { group: ["@azure/*"], message: "core/ imports no Azure SDK" },
+          ],
+        },
+      ],
+    },
+  },
   prettier,
 );

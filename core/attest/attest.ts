@@ -347,17 +347,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       return { settlement: { action: "retry", error: busy }, agentId, requestId, keysReleased: 0 };
     }
     // The last delivery must not vanish silently: tell the agent to ask again.
-    await agents.sendToAgent(
-      agentId,
-      makeAttestationResult({
-        agentId,
-        requestId,
-        requestDigest: ctx.digest,
-        verdict: "error",
-        denial: denialFromError(busy),
-        sentAt: now,
-      }),
-    );
+    await agents.sendToAgent(agentId, failedResult(ctx, "error", busy, now));
     return {
       settlement: { action: "dead-letter", reason: busy.code, description: busy.message },
       agentId,
@@ -365,6 +355,24 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       verdict: "error",
       keysReleased: 0,
     };
+  }
+
+  /** A denial or failure answering this very request (bound to it by its digest). */
+  function failedResult(
+    ctx: AttestContext,
+    verdict: "denied" | "error",
+    error: ShieldError,
+    sentAt: Date,
+  ): AttestationResult {
+    const { agentId, requestId } = ctx.request;
+    return makeAttestationResult({
+      agentId,
+      requestId,
+      requestDigest: ctx.digest,
+      verdict,
+      denial: denialFromError(error),
+      sentAt,
+    });
   }
 
   /** A copy of an answered request: on record, settled, and answered only when `answer` (bound to it). */
@@ -383,17 +391,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       details: { code: error.code, messageId: ctx.delivery.messageId.slice(0, 128) },
     });
     if (answer) {
-      await agents.sendToAgent(
-        agentId,
-        makeAttestationResult({
-          agentId,
-          requestId,
-          requestDigest: ctx.digest,
-          verdict: "denied",
-          denial: denialFromError(error),
-          sentAt: ctx.now,
-        }),
-      );
+      await agents.sendToAgent(agentId, failedResult(ctx, "denied", error, ctx.now));
     }
     ctx.log("warn", `${kind}: refused`, { code: error.code });
     return { settlement: { action: "complete" }, agentId, requestId, verdict: "denied", keysReleased: 0 };
@@ -614,14 +612,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     // Failures the workload's evidence caused are denials; configuration and outages are errors.
     const verdict =
       error.transient || error.code === "ERR_CONFIG" || error.code === "ERR_INTERNAL" ? "error" : "denied";
-    const result = makeAttestationResult({
-      agentId,
-      requestId,
-      requestDigest: ctx.digest,
-      verdict,
-      denial: denialFromError(error),
-      sentAt: clock.now(),
-    });
+    const result = failedResult(ctx, verdict, error, clock.now());
     await recordRefused(ctx, error, verdict);
     await closeAnsweredChallenge(ctx);
     await state.completeRequest(ctx.lease!, result, clock.now());

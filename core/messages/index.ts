@@ -28,6 +28,7 @@ export {
   type TrustedResultFields,
 } from "./build.js";
 export {
+  JWS_COMPACT,
   MESSAGE_TYPES,
   ROTATION_REASONS,
   type AttestationRequest,

@@ -47,7 +47,8 @@ const messageType = <T extends MessageType>(type: T) => z.literal(type, { error:
 export const MAX_RUNTIME_DATA_CHARS = 16_384;
 /** A Key Vault release response (JWS with its x5c chain and the wrapped key) is a few KiB. */
 export const MAX_RELEASE_RESPONSE_CHARS = 65_536;
-const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
+/** A compact JWS (RFC 7515 §7.1): three base64url parts. */
+export const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 
 /** Agent → functions: asks for a challenge to answer (at start, and before every attestation). */
 export const challengeRequestSchema = z.strictObject(

@@ -23,6 +23,7 @@ import { createHash } from "node:crypto";
 import { ShieldError } from "../errors.js";
 import {
   IDENTIFIER_PATTERN,
+  JWS_COMPACT,
   type AttestationRequest,
   type AttestationResult,
   type Challenge,
@@ -231,7 +232,6 @@ export function clampDeadLetterText(
   };
 }
 
-const JWS_COMPACT = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/;
 /** A signed message id (a UUID in practice) short enough that `<type>-<id>` fits Service Bus's 128. */
 export const MAX_SIGNED_MESSAGE_ID_CHARS = 64;
 

@@ -3,7 +3,7 @@
  * nothing but this machine, and print what it did without printing key material.
  */
 import { describe, expect, it } from "vitest";
-import { runEmbedded } from "../../adapters/local/embedded.js";
+import { runEmbedded } from "../../local/embedded.js";
 
 describe("embedded default (npm start)", () => {
   it("completes the attest-and-release round trip on local servers only", async () => {

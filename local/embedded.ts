@@ -16,20 +16,17 @@ import { createHash } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startAzurite } from "./azurite.js";
-import { startLocalStack } from "./stack.js";
-import { startLocalFunctionsHost, type QueueFunctionHandler } from "./functions-host.js";
-import { localKeyVaultCredential } from "./keyvault/credential.js";
-import { createKeyVaultKeyStore } from "../keyvault/key-store.js";
-import { createStorageQueueBus } from "../storage-queue/bus.js";
-import {
-  createSimulatedSnpPlatform,
-  exportSimulatedSnpPlatform,
-} from "../../core/evidence/simulated/sevsnp.js";
-import { renderReleasePolicy, serializeReleasePolicy } from "../../core/policy/index.js";
-import type { Logger } from "../../core/ports/logger.js";
-import { composition, resetComposition } from "../../functions/composition/root.js";
-import { main as agentMain } from "../../agent/main.js";
+import { startAzurite } from "../adapters/local/azurite.js";
+import { startLocalStack } from "../adapters/local/stack.js";
+import { startLocalFunctionsHost, type QueueFunctionHandler } from "../adapters/local/functions-host.js";
+import { localKeyVaultCredential } from "../adapters/local/keyvault/credential.js";
+import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";
+import { createStorageQueueBus } from "../adapters/storage-queue/bus.js";
+import { createSimulatedSnpPlatform, exportSimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
+import { renderReleasePolicy, serializeReleasePolicy } from "../core/policy/index.js";
+import type { Logger } from "../core/ports/logger.js";
+import { composition, resetComposition } from "../functions/composition/root.js";
+import { main as agentMain } from "../agent/main.js";
 
 export interface EmbeddedOptions {
   readonly once?: boolean;
@@ -58,7 +55,7 @@ async function loadAttestFunction(): Promise<QueueFunctionHandler> {
     warn(...args);
   };
   try {
-    return (await import("../../functions/attest.js")).attest;
+    return (await import("../functions/attest.js")).attest;
   } finally {
     console.warn = warn;
   }
@@ -219,7 +216,7 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
 }
 
 const entry = process.argv[1];
-if (entry !== undefined && /adapters[\\/]local[\\/]embedded\.(ts|js)$/.test(entry)) {
+if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
   const once = process.argv.includes("--once");
   runEmbedded({ once, verbose: process.argv.includes("--verbose") }).then(
     async (run) => {
