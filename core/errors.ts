@@ -54,6 +54,17 @@ const CODES = {
   ERR_CHALLENGE_USED: { transient: false },
   ERR_CHALLENGE_MISMATCH: { transient: false },
   ERR_REQUEST_REPLAYED: { transient: false },
+  // the lifecycle: re-attestation, revocation, rotation
+  /** A re-attestation challenge's deadline passed without a validated answer. */
+  ERR_CHALLENGE_MISSED: { transient: false },
+  /** An operator revoked the agent. */
+  ERR_AGENT_REVOKED_BY_OPERATOR: { transient: false },
+  /** The key has as many versions as the store allows (Managed HSM: 100); nothing was created. */
+  ERR_KEY_VERSION_LIMIT: { transient: false },
+  /** A key version that cannot be released as Shield needs it (not exportable, policy not fixable). */
+  ERR_KEY_VERSION_UNSAFE: { transient: false },
+  /** A Key Vault event (Event Grid or CloudEvents) that does not parse. */
+  ERR_EVENT_MALFORMED: { transient: false },
   // signed control messages (functions → agents)
   ERR_CONTROL_MALFORMED: { transient: false },
   ERR_CONTROL_ALG: { transient: false },

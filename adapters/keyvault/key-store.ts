@@ -189,5 +189,17 @@ export function createKeyVaultKeyStore(options: KeyVaultKeyStoreOptions): KeySto
       );
       return keyVersionInfoFromKeyVaultKey(updated);
     },
+
+    async setEnabled(name: string, version: string, enabled: boolean): Promise<KeyVersionInfo> {
+      checkName(name);
+      if (typeof version !== "string" || version === "") {
+        throw new ShieldError("ERR_CONFIG", "a key version is required to enable or disable it");
+      }
+      checkVersion(version);
+      const updated = await call("update", name, (sdk) =>
+        sdk.updateKeyProperties(name, version, { enabled, requestOptions }),
+      );
+      return keyVersionInfoFromKeyVaultKey(updated);
+    },
   });
 }

@@ -32,7 +32,9 @@ export interface LocalStackOptions {
   readonly appraisalPolicy: string;
   /** `x-ms-compliance-status` the attestation server reports (as MAA does for ACI). */
   readonly complianceStatus?: string;
-  /** Clock of the attestation server (tests move it to mint expired tokens). */
+  /** Clock of the attestation server and the key vault (tests and the scenario move it). */
+  readonly clock?: Clock;
+  /** Clock of the attestation server alone (tests move it to mint expired tokens); default `clock`. */
   readonly maaClock?: Clock;
   /** Decorates the attestation engine (tests use it to tamper with what MAA returns). */
   readonly decorateMaaEngine?: (engine: LocalAttestationEngine) => LocalAttestationEngine;
@@ -61,7 +63,8 @@ export interface LocalStack {
 
 export async function startLocalStack(options: LocalStackOptions): Promise<LocalStack> {
   const logger = options.logger ?? silentLogger;
-  const maaClock = options.maaClock ?? systemClock;
+  const clock = options.clock ?? systemClock;
+  const maaClock = options.maaClock ?? clock;
   const maa = await startLocalMaaServer({
     logger,
     engine: async (url) => {
@@ -79,9 +82,9 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
   const vault = await createLocalKeyVault({
     vaultUrl,
     masterKey: randomBytes(32),
-    clock: systemClock,
+    clock,
     tokenKeys: cachedIssuerKeys({
-      clock: systemClock,
+      clock,
       fetchJson: async (url) => {
         const response = await fetch(url, { signal: AbortSignal.timeout(5_000) });
         if (!response.ok) throw new Error(`GET ${url}: HTTP ${response.status}`);

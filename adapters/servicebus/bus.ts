@@ -22,6 +22,8 @@ import { silentLogger, type Logger } from "../../core/ports/logger.js";
 import {
   REQUESTS_QUEUE,
   RESULTS_QUEUE,
+  ROTATE_KEY_QUEUE,
+  type RotationQueue,
   agentMessageId,
   bodyFromText,
   checkAgentId,
@@ -201,6 +203,39 @@ export function createServiceBusRequestChannel(
 }
 
 /** The agent's own session on `attestation-results`. */
+export type ServiceBusRotationQueueOptions = ServiceBusConnection &
+  Pick<CommonOptions, "logger"> & {
+    /** Default `rotate-key` (session-enabled: session id = key name). */
+    readonly queue?: string;
+  };
+
+/**
+ * Functions → the rotate function on `rotate-key`: session id = key name, so one key's work runs
+ * one item at a time; message id = the source event id, so Service Bus duplicate detection (when
+ * enabled on the queue) drops a second copy of the same event.
+ */
+export function createServiceBusRotationQueue(
+  options: ServiceBusRotationQueueOptions,
+): RotationQueue & Closable {
+  const queue = checkQueueName(options.queue ?? ROTATE_KEY_QUEUE, "rotation queue");
+  const log = options.logger ?? silentLogger;
+  const sender = new LazySender(new LazyServiceBusClient(options), queue);
+  return {
+    async enqueueRotation(message) {
+      const body = serializeBody(message, 16 * 1024);
+      await sender.send({
+        body,
+        contentType: CONTENT_TYPE,
+        messageId: message.sourceEventId,
+        sessionId: message.keyName,
+        applicationProperties: { type: message.type, version: message.version },
+      });
+      log("debug", "bus message sent", { queue, messageId: message.sourceEventId, bytes: body.length });
+    },
+    close: () => sender.close(),
+  };
+}
+
 export function createServiceBusAgentInbox(options: ServiceBusAgentInboxOptions): AgentInbox {
   checkAgentId(options.agentId);
   return new ServiceBusAgentInbox(options);

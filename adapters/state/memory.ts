@@ -23,13 +23,16 @@ import {
   checkClaimOptions,
   checkKeyHolding,
   checkKeyName,
+  checkManagedKey,
   checkListLimit,
   checkNonce,
   checkRequestKey,
   serializeResult,
 } from "../../core/state/records.js";
+import { agentSchedule } from "../../core/state/agents.js";
 import {
   STATE_LIMITS,
+  type AgentDueKind,
   type AgentQuery,
   type AgentRecord,
   type AgentState,
@@ -39,6 +42,8 @@ import {
   type AuditVerification,
   type ClaimOptions,
   type KeyHolding,
+  type ManagedKeyRecord,
+  type ManagedKeyState,
   type NonceUse,
   type RequestClaim,
   type RequestKey,
@@ -62,6 +67,8 @@ interface RequestRow {
 interface AuditPartition {
   entries: AuditEntry[];
   head?: AuditHead;
+  /** Event id → sequence of the entry that recorded it. */
+  events: Map<string, number>;
 }
 
 const copy = <T>(value: T): T => structuredClone(value);
@@ -73,6 +80,7 @@ export class MemoryStateStore implements StateStore {
   readonly #requests = new Map<string, Stored<RequestRow>>();
   readonly #nonces = new Map<string, Date>();
   readonly #audit = new Map<string, AuditPartition>();
+  readonly #managedKeys = new Map<string, Stored<ManagedKeyState>>();
   #writes = 0;
 
   #etag(): string {
@@ -112,6 +120,47 @@ export class MemoryStateStore implements StateStore {
     const matches = [...this.#agents.values()].filter(({ value }) => agentMatches(value, query));
     matches.sort((a, b) => (a.value.agentId < b.value.agentId ? -1 : 1));
     for (const { value, etag } of matches) yield { ...copy(value), etag };
+  }
+
+  async listAgentsDue(kind: AgentDueKind, before: Date, limit: number): Promise<AgentRecord[]> {
+    const max = checkListLimit(limit);
+    await Promise.resolve();
+    const due: { at: number; agentId: string; stored: Stored<AgentState> }[] = [];
+    for (const stored of this.#agents.values()) {
+      const schedule = agentSchedule(stored.value);
+      if (schedule?.kind === kind && schedule.at.getTime() < before.getTime()) {
+        due.push({ at: schedule.at.getTime(), agentId: stored.value.agentId, stored });
+      }
+    }
+    due.sort((a, b) => a.at - b.at || (a.agentId < b.agentId ? -1 : 1));
+    return due.slice(0, max).map(({ stored }) => ({ ...copy(stored.value), etag: stored.etag }));
+  }
+
+  async getManagedKey(keyName: string): Promise<ManagedKeyRecord | undefined> {
+    checkKeyName(keyName);
+    await Promise.resolve();
+    const stored = this.#managedKeys.get(keyName);
+    return stored === undefined ? undefined : { ...copy(stored.value), etag: stored.etag };
+  }
+
+  async putManagedKey(input: ManagedKeyState, etag?: string): Promise<ManagedKeyRecord> {
+    const key = checkManagedKey(input);
+    await Promise.resolve();
+    const existing = this.#managedKeys.get(key.keyName);
+    if (etag === undefined ? existing !== undefined : existing?.etag !== etag) {
+      throw new ShieldError("ERR_CONFLICT", `managed key ${key.keyName} was changed concurrently`);
+    }
+    const stored = { value: copy(key), etag: this.#etag() };
+    this.#managedKeys.set(key.keyName, stored);
+    return { ...copy(stored.value), etag: stored.etag };
+  }
+
+  async listManagedKeys(): Promise<ManagedKeyRecord[]> {
+    await Promise.resolve();
+    return [...this.#managedKeys.values()]
+      .sort((a, b) => (a.value.keyName < b.value.keyName ? -1 : 1))
+      .slice(0, STATE_LIMITS.listLimit)
+      .map((stored) => ({ ...copy(stored.value), etag: stored.etag }));
   }
 
   async recordAttestation(input: AttestationRecord): Promise<boolean> {
@@ -253,8 +302,11 @@ export class MemoryStateStore implements StateStore {
     checkAuditPartition(partition);
     const event = checkAuditEvent(input);
     await Promise.resolve();
-    const chain = this.#audit.get(partition) ?? { entries: [] };
+    const chain = this.#audit.get(partition) ?? { entries: [], events: new Map<string, number>() };
     this.#audit.set(partition, chain);
+    const seen = event.eventId === undefined ? undefined : chain.events.get(event.eventId);
+    const first = chain.entries.find((entry) => entry.sequence === seen);
+    if (first !== undefined) return copy(first);
     const content = {
       partition,
       sequence: (chain.head?.sequence ?? 0) + 1,
@@ -264,9 +316,11 @@ export class MemoryStateStore implements StateStore {
       subject: event.subject,
       ...(event.requestId === undefined ? {} : { requestId: event.requestId }),
       details: { ...event.details },
+      ...(event.eventId === undefined ? {} : { eventId: event.eventId }),
     };
     const entry: AuditEntry = { ...content, hash: auditEntryHash(content) };
     chain.entries.push(entry);
+    if (event.eventId !== undefined) chain.events.set(event.eventId, entry.sequence);
     chain.head = { sequence: entry.sequence, hash: entry.hash };
     return copy(entry);
   }
@@ -321,6 +375,7 @@ export class MemoryStateStore implements StateStore {
       requests: this.#requests,
       nonces: this.#nonces,
       audit: this.#audit,
+      managedKeys: this.#managedKeys,
     };
     return JSON.stringify(everything, (_key, value: unknown) =>
       value instanceof Map ? [...value.entries()] : value,

@@ -11,6 +11,8 @@
  * | record            | PartitionKey                  | RowKey                      |
  * |-------------------|-------------------------------|-----------------------------|
  * | agent             | `agents`                      | agentId                     |
+ * | agent schedule    | `agents`                      | `~due~<kind>~<ms>~<agentId>` |
+ * | managed key       | `managed-keys`                | keyName                     |
  * | attestation       | `attestations~<agentId>`      | requestId                   |
  * | holding by agent  | `holdings-agent~<agentId>`    | `<keyName>~<keyVersion>`    |
  * | holding by key    | `holdings-key~<keyName>`      | `<keyVersion>~<agentId>`    |
@@ -18,7 +20,13 @@
  * | used nonce        | `nonces~<scope>`              | nonce                       |
  * | audit entry       | `audit~<partition>`           | sequence, 16 digits         |
  * | audit chain head  | `audit~<partition>`           | `head`                      |
+ * | audit event id    | `audit~<partition>`           | `id~<sha256 of event id>`   |
  *
+ * The schedule rows index agents by their next lifecycle step (core/state/agents.ts
+ * `agentSchedule`) so that the re-attestation timer reads a range of them, oldest first, rather
+ * than the whole table. Each is written in one transaction with its agent; a row left behind
+ * when an agent's schedule moves is noticed (it no longer matches the agent) and deleted the
+ * first time a query meets it.
  * `~` cannot occur in identifiers, key names or versions, so keys never collide. Rows hold
  * hashes, digests, measurements and wrapped release responses only; a stored result is split
  * into binary properties of 64,000 bytes to stay under the 64 KiB property limit.
@@ -50,12 +58,19 @@ import {
   checkKeyHolding,
   checkKeyName,
   checkListLimit,
+  checkManagedKey,
   checkNonce,
   checkRequestKey,
   serializeResult,
 } from "../../core/state/records.js";
+import { agentSchedule } from "../../core/state/agents.js";
+import { parseReleasePolicy, serializeReleasePolicy } from "../../core/policy/index.js";
+import { createHash } from "node:crypto";
 import {
   STATE_LIMITS,
+  type AgentDueKind,
+  type ManagedKeyRecord,
+  type ManagedKeyState,
   type AgentQuery,
   type AgentRecord,
   type AgentState,
@@ -149,30 +164,94 @@ export class TableStateStore implements StateStore {
 
   async createAgent(agent: AgentState): Promise<AgentRecord> {
     const state = checkAgentState(agent);
-    const entity = agentEntity(state);
-    try {
-      const response = await this.#client.createEntity(entity);
-      return { ...state, etag: requireEtag(response.etag) };
-    } catch (error) {
-      if (statusOf(error) === 409) throw agentConflict(state.agentId);
-      throw tableError("create agent", error);
-    }
+    return this.#writeAgent(state, ["create", agentEntity(state)], "create agent");
   }
 
   async updateAgent(agent: AgentState, etag: string): Promise<AgentRecord> {
     const state = checkAgentState(agent);
+    return this.#writeAgent(state, ["update", agentEntity(state), "Replace", { etag }], "update agent");
+  }
+
+  /** The agent and its schedule row in one transaction: both land or neither does. */
+  async #writeAgent(state: AgentState, write: TransactionAction, what: string): Promise<AgentRecord> {
+    const actions: TransactionAction[] = [write];
+    const schedule = scheduleRow(state);
+    if (schedule !== undefined) actions.push(["upsert", schedule, "Replace"]);
     try {
-      const response = await this.#client.updateEntity(agentEntity(state), "Replace", { etag });
-      return { ...state, etag: requireEtag(response.etag) };
+      const response = await this.#client.submitTransaction(actions);
+      const written = response.subResponses[0]; // sub-responses come in the order of the actions
+      return { ...state, etag: requireEtag(written?.etag) };
     } catch (error) {
       const status = statusOf(error);
-      if (status === 412 || status === 404) throw agentConflict(state.agentId);
-      throw tableError("update agent", error);
+      if (status === 409 || status === 412 || status === 404) throw agentConflict(state.agentId);
+      throw tableError(what, error);
     }
   }
 
+  async listAgentsDue(kind: AgentDueKind, before: Date, limit: number): Promise<AgentRecord[]> {
+    const max = checkListLimit(limit);
+    const prefix = `~due~${kind}~`;
+    const filter = odata`PartitionKey eq ${"agents"} and RowKey ge ${prefix} and RowKey lt ${prefix + scheduleTime(before)}`;
+    const due: AgentRecord[] = [];
+    let scanned = 0;
+    for await (const row of this.#query(filter)) {
+      scanned += 1;
+      const rowKey = row.rowKey ?? "";
+      const agentId = rowKey.slice(rowKey.lastIndexOf("~") + 1);
+      const agent = agentId === "" ? undefined : await this.getAgent(agentId);
+      const schedule = agent === undefined ? undefined : scheduleRow(agent);
+      if (agent !== undefined && schedule?.rowKey === rowKey) due.push(agent);
+      else await this.#client.deleteEntity("agents", rowKey).catch(() => undefined); // left behind
+      // Stale rows are deleted as they are met, so a bounded scan always makes progress.
+      if (due.length >= max || scanned >= max * 4) break;
+    }
+    return due;
+  }
+
+  // ---- managed keys ----
+
+  async getManagedKey(keyName: string): Promise<ManagedKeyRecord | undefined> {
+    checkKeyName(keyName);
+    const entity = await this.#get("managed-keys", keyName);
+    return entity === undefined ? undefined : readManagedKey(entity);
+  }
+
+  async putManagedKey(input: ManagedKeyState, etag?: string): Promise<ManagedKeyRecord> {
+    const key = checkManagedKey(input);
+    const entity = {
+      partitionKey: "managed-keys",
+      rowKey: key.keyName,
+      recordType: "managed-key",
+      releasePolicy: serializeReleasePolicy(key.releasePolicy),
+      versions: JSON.stringify(key.versions),
+      updatedAt: key.updatedAt,
+    };
+    try {
+      const response =
+        etag === undefined
+          ? await this.#client.createEntity(entity)
+          : await this.#client.updateEntity(entity, "Replace", { etag });
+      return { ...key, etag: requireEtag(response.etag) };
+    } catch (error) {
+      const status = statusOf(error);
+      if (status === 409 || status === 412 || status === 404) {
+        throw new ShieldError("ERR_CONFLICT", `managed key ${key.keyName} was changed concurrently`);
+      }
+      throw tableError("write managed key", error);
+    }
+  }
+
+  async listManagedKeys(): Promise<ManagedKeyRecord[]> {
+    const keys: ManagedKeyRecord[] = [];
+    for await (const entity of this.#query(odata`PartitionKey eq ${"managed-keys"}`)) {
+      keys.push(readManagedKey(entity));
+      if (keys.length >= STATE_LIMITS.listLimit) break;
+    }
+    return keys;
+  }
+
   async *listAgents(query: AgentQuery = {}): AsyncIterable<AgentRecord> {
-    const clauses = [odata`PartitionKey eq ${"agents"}`];
+    const clauses = [odata`PartitionKey eq ${"agents"} and RowKey lt ${"~"}`];
     if (query.status !== undefined) clauses.push(odata`status eq ${query.status}`);
     if (query.lastAttestedBefore !== undefined)
       clauses.push(odata`lastAttestedAt lt ${query.lastAttestedBefore}`);
@@ -246,6 +325,7 @@ export class TableStateStore implements StateStore {
       measurement: JSON.stringify(holding.measurement),
       releasedAt: holding.releasedAt,
       requestId: holding.requestId,
+      ...optional("revokedAt", holding.revokedAt),
     };
     // Two index rows in two partitions, so not atomic; both are idempotent upserts and a
     // redelivery repairs a half-written pair. The by-key row goes first: rotation and
@@ -419,7 +499,10 @@ export class TableStateStore implements StateStore {
     checkAuditPartition(partition);
     const event = checkAuditEvent(input);
     const partitionKey = `audit~${partition}`;
+    const marker = event.eventId === undefined ? undefined : eventMarkerKey(event.eventId);
     for (let attempt = 1; attempt <= AUDIT_APPEND_ATTEMPTS; attempt += 1) {
+      const recorded = marker === undefined ? undefined : await this.#recordedEvent(partitionKey, marker);
+      if (recorded !== undefined) return recorded;
       const headEntity = await this.#get(partitionKey, "head");
       const head = headEntity === undefined ? undefined : readHead(headEntity);
       const content = {
@@ -431,6 +514,7 @@ export class TableStateStore implements StateStore {
         subject: event.subject,
         ...(event.requestId === undefined ? {} : { requestId: event.requestId }),
         details: event.details,
+        ...(event.eventId === undefined ? {} : { eventId: event.eventId }),
       };
       const entry: AuditEntry = { ...content, hash: auditEntryHash(content) };
       const newHead = {
@@ -446,6 +530,12 @@ export class TableStateStore implements StateStore {
           ? ["create", newHead]
           : ["update", newHead, "Replace", { etag: headEntity.etag }],
       ];
+      if (marker !== undefined) {
+        actions.push([
+          "create",
+          { partitionKey, rowKey: marker, recordType: "audit-event-id", sequence: entry.sequence },
+        ]);
+      }
       try {
         await this.#client.submitTransaction(actions);
         return entry;
@@ -457,6 +547,15 @@ export class TableStateStore implements StateStore {
       }
     }
     throw new ShieldError("ERR_CONFLICT", `audit partition ${partition} is contended; try again`);
+  }
+
+  /** The entry an event id was first recorded as, if it was. */
+  async #recordedEvent(partitionKey: string, marker: string): Promise<AuditEntry | undefined> {
+    const row = await this.#get(partitionKey, marker);
+    if (row === undefined) return undefined;
+    const entry = await this.#get(partitionKey, sequenceKey(readNumber(row, "sequence")));
+    if (entry === undefined) throw malformed();
+    return readAuditEntry(partitionKey.slice("audit~".length), entry);
   }
 
   async listAudit(
@@ -483,6 +582,7 @@ export class TableStateStore implements StateStore {
     let head: AuditHead | undefined;
     for await (const entity of this.#query(odata`PartitionKey eq ${`audit~${partition}`}`)) {
       if (entity.rowKey === "head") head = readHeadOrBroken(entity);
+      else if (entity.rowKey?.startsWith("id~") === true) continue;
       else entries.push(readAuditEntryOrBroken(partition, entity));
     }
     entries.sort((a, b) => a.sequence - b.sequence);
@@ -547,6 +647,50 @@ function agentEntity(agent: AgentState) {
   };
 }
 
+/** Milliseconds since 1970, 15 digits: sorts as text the way it sorts as time (until year 33658). */
+function scheduleTime(at: Date): string {
+  return String(Math.max(0, at.getTime())).padStart(15, "0");
+}
+
+function scheduleRow(
+  agent: AgentState,
+): { partitionKey: string; rowKey: string; recordType: string } | undefined {
+  const schedule = agentSchedule(agent);
+  if (schedule === undefined) return undefined;
+  return {
+    partitionKey: "agents",
+    rowKey: `~due~${schedule.kind}~${scheduleTime(schedule.at)}~${agent.agentId}`,
+    recordType: "agent-schedule",
+  };
+}
+
+function eventMarkerKey(eventId: string): string {
+  return `id~${createHash("sha256").update(eventId, "utf8").digest("hex")}`;
+}
+
+/** A date inside a JSON column (ISO text); anything else becomes an invalid Date, which the check refuses. */
+function storedDate(value: unknown): Date {
+  return new Date(typeof value === "string" ? value : Number.NaN);
+}
+
+function readManagedKey(entity: Entity): ManagedKeyRecord {
+  const versions = readJson<Record<string, unknown>[]>(entity, "versions").map((v) => ({
+    ...v,
+    createdAt: storedDate(v["createdAt"]),
+    ...(v["retiredAt"] === undefined ? {} : { retiredAt: storedDate(v["retiredAt"]) }),
+    ...(v["revokedAt"] === undefined ? {} : { revokedAt: storedDate(v["revokedAt"]) }),
+  }));
+  const key = checkStored(() =>
+    checkManagedKey({
+      keyName: readString(entity, "rowKey"),
+      releasePolicy: parseReleasePolicy(readJson<unknown>(entity, "releasePolicy")),
+      versions: versions as unknown as ManagedKeyState["versions"],
+      updatedAt: readDate(entity, "updatedAt"),
+    }),
+  );
+  return { ...key, etag: requireEtag(entity.etag) };
+}
+
 function readAgent(entity: Entity): AgentRecord {
   const nonce = readOptionalString(entity, "challengeNonce");
   const agent: AgentState = {
@@ -605,6 +749,7 @@ function readHolding(entity: Entity): KeyHolding {
     measurement: readJson<Measurement>(entity, "measurement"),
     releasedAt: readDate(entity, "releasedAt"),
     requestId: readString(entity, "requestId"),
+    ...optional("revokedAt", readOptionalDate(entity, "revokedAt")),
   };
   return checkStored(() => checkKeyHolding(holding));
 }
@@ -634,6 +779,7 @@ function auditEntity(partitionKey: string, entry: AuditEntry) {
     subject: entry.subject,
     ...optional("requestId", entry.requestId),
     details: JSON.stringify(entry.details),
+    ...optional("eventId", entry.eventId),
     previousHash: entry.previousHash,
     hash: entry.hash,
   };
@@ -653,6 +799,7 @@ function readAuditEntry(partition: string, entity: Entity): AuditEntry {
     subject: readString(entity, "subject"),
     ...optional("requestId", readOptionalString(entity, "requestId")),
     details: readJson<AuditDetails>(entity, "details"),
+    ...optional("eventId", readOptionalString(entity, "eventId")),
     hash: readString(entity, "hash"),
   };
 }

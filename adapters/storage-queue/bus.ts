@@ -25,6 +25,7 @@ import {
   DEFAULT_MAX_DELIVERY_COUNT,
   MAX_DELIVERY_COUNT_EXCEEDED,
   REQUESTS_QUEUE,
+  ROTATE_KEY_QUEUE,
   agentMessageId,
   bodyFromText,
   checkAgentId,
@@ -42,7 +43,9 @@ import {
   type LockedMessage,
   type ReceivedMessage,
   type RequestReceiver,
+  type RotationQueue,
 } from "../../core/ports/bus.js";
+import type { RotateKey } from "../../core/messages/index.js";
 import {
   DEFAULT_AGENT_QUEUE_PREFIX,
   STORAGE_QUEUE_MAX_BODY_BYTES,
@@ -66,6 +69,8 @@ export type StorageQueueBusOptions = StorageQueueConnection & {
   readonly requestsQueue?: string;
   /** Default `<requestsQueue>-deadletter`. */
   readonly deadLetterQueue?: string;
+  /** Where `enqueueRotation` sends `rotate-key` work (default `rotate-key`). */
+  readonly rotationQueue?: string;
   /** Default `agent-`; at most 23 characters. */
   readonly agentQueuePrefix?: string;
   /** Deliveries before a request is dead-lettered (default 10, as Service Bus). */
@@ -108,8 +113,9 @@ async function pause(ms: number, signal: AbortSignal): Promise<boolean> {
   }
 }
 
-export class StorageQueueBus implements LocalBus {
+export class StorageQueueBus implements LocalBus, RotationQueue {
   readonly requestsQueue: string;
+  readonly rotationQueue: string;
   readonly deadLetterQueue: string;
   readonly agentQueuePrefix: string;
   readonly maxBodyBytes = STORAGE_QUEUE_MAX_BODY_BYTES;
@@ -125,6 +131,7 @@ export class StorageQueueBus implements LocalBus {
 
   constructor(options: StorageQueueBusOptions) {
     this.requestsQueue = checkQueueName(options.requestsQueue ?? REQUESTS_QUEUE, "requests queue name");
+    this.rotationQueue = checkQueueName(options.rotationQueue ?? ROTATE_KEY_QUEUE, "rotation queue name");
     this.deadLetterQueue = checkQueueName(
       options.deadLetterQueue ?? defaultDeadLetterQueue(this.requestsQueue),
       "dead-letter queue name",
@@ -155,6 +162,12 @@ export class StorageQueueBus implements LocalBus {
     checkRequest(request);
     const body = serializeBody(request, this.maxBodyBytes);
     await this.#send(this.requestsQueue, body, requestMessageId(request));
+  }
+
+  /** `rotate-key` work, for a receiver opened on a bus whose requests queue is the rotation queue. */
+  async enqueueRotation(message: RotateKey): Promise<void> {
+    const body = serializeBody(message, this.maxBodyBytes);
+    await this.#send(this.rotationQueue, body, message.sourceEventId);
   }
 
   async sendToAgent(agentId: string, message: SignedAgentMessage): Promise<void> {

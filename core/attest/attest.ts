@@ -54,6 +54,9 @@ import { changeAgent } from "../state/agents.js";
 import { validateMaaToken, type SigningKeyResolver, type ValidatedMaaToken } from "../token/index.js";
 import { pemToDerList } from "../x509/certificate.js";
 import { createChallengeIssuer, type ChallengeConfig } from "./challenge.js";
+import { agentAuditPartition, keyAuditPartition, type Revoker } from "../lifecycle/revoke.js";
+
+export { agentAuditPartition, keyAuditPartition };
 
 export interface AttestPorts {
   /** The attestation service, already wrapped with `retrying()` for transient failures. */
@@ -68,6 +71,12 @@ export interface AttestPorts {
   readonly clock: Clock;
   readonly random: Random;
   readonly logger: Logger;
+  /**
+   * Revokes an agent whose answer to its own challenge is denied while it holds keys or is
+   * being re-attested (core/lifecycle/revoke.ts). Without it such an agent only becomes
+   * `untrusted`; the functions always provide it.
+   */
+  readonly revoker?: Revoker;
 }
 
 export interface AttestConfig extends ChallengeConfig {
@@ -123,10 +132,6 @@ export const DEFAULT_ATTEST_MESSAGE_BYTES = 256 * 1024;
 const DEFAULT_LEASE_SECONDS = 300;
 const DEFAULT_REPLAY_WINDOW_SECONDS = 3600;
 
-/** The audit partition of a key: the tamper-evident record of who received which version. */
-export const keyAuditPartition = (keyName: string): string => `key-${keyName}`;
-/** The audit partition of an agent's attestations. */
-export const agentAuditPartition = (agentId: string): string => `agent-${agentId}`;
 /** Messages too malformed to name an agent. */
 export const INTAKE_AUDIT_PARTITION = "intake";
 
@@ -720,6 +725,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         kind: "key-released",
         subject: agentId,
         requestId,
+        eventId: `key-released:${agentId}:${requestId}:${key.version}`,
         details: {
           keyVersion: key.version,
           measurement: measurementText(measurement),
@@ -741,6 +747,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
         kind: "attestation-trusted",
         subject: agentId,
         requestId,
+        eventId: `attestation-trusted:${agentId}:${requestId}`,
         details: {
           keys: request.keys.join(","),
           measurement: measurementText(measurement),
@@ -792,7 +799,18 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     // request proved it speaks for that agent: it answered the agent's own open challenge with
     // evidence MAA verified.
     const standingChanged = verdict === "denied" && ctx.challengeMatched;
-    if (standingChanged) {
+    const current = standingChanged ? await state.getAgent(agentId) : undefined;
+    const holds = standingChanged
+      ? (await state.listHoldingsByAgent(agentId)).some((h) => h.revokedAt === undefined)
+      : false;
+    const revoke =
+      ports.revoker !== undefined &&
+      standingChanged &&
+      (holds || current?.status === "trusted" || current?.challenge?.reason === "reattest");
+    if (revoke) {
+      // A re-attestation, or an agent holding keys, denied: its keys are revoked (revoke.ts).
+      await ports.revoker.revoke(agentId, { kind: "denied", requestId, code: error.code });
+    } else if (standingChanged) {
       await changeAgent(state, agentId, (current) => ({
         agentId,
         workload: request.workload,
@@ -810,11 +828,13 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       kind: verdict === "denied" ? "attestation-denied" : "attestation-failed",
       subject: agentId,
       requestId,
+      eventId: `attestation-refused:${agentId}:${requestId}`,
       details: {
         code: error.code,
         violations: error.violations.length,
         keys: request.keys.join(","),
         standingChanged,
+        revoked: revoke,
       },
     });
   }

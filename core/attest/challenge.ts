@@ -144,21 +144,36 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
       logger("info", "challenge being answered or just sent; none sent", { agentId: agent.agentId });
       return issued;
     }
-    await agents.sendToAgent(
-      agent.agentId,
-      makeChallenge({
-        agentId: agent.agentId,
-        nonce: issued.nonce,
-        deadline: issued.deadline,
-        reason,
-        sentAt: now,
-      }),
-    );
+    try {
+      await agents.sendToAgent(
+        agent.agentId,
+        makeChallenge({
+          agentId: agent.agentId,
+          nonce: issued.nonce,
+          deadline: issued.deadline,
+          reason,
+          sentAt: now,
+        }),
+      );
+    } catch (error) {
+      // Never sent: a new challenge is withdrawn, so no agent is held to one it never received
+      // (the re-attestation timer finds it due again next tick).
+      if (!issued.reused) await withdraw(agent.agentId, issued.nonce).catch(() => undefined);
+      throw error;
+    }
     logger("info", issued.reused ? "open challenge sent again" : "challenge issued", {
       agentId: agent.agentId,
       deadline: issued.deadline.toISOString(),
     });
     return issued;
+  }
+
+  async function withdraw(agentId: string, nonce: string): Promise<void> {
+    await changeAgent(state, agentId, (current) => {
+      if (current?.challenge?.nonce !== nonce || current.challenge.answeredBy !== undefined) return undefined;
+      const { etag: _etag, challenge: _withdrawn, ...rest } = current;
+      return { ...rest, updatedAt: clock.now() };
+    });
   }
 
   return {

@@ -235,7 +235,14 @@ export const policyUpdateSchema = z
     });
   });
 
-export const ROTATION_REASONS = ["near-expiry", "expired", "schedule", "revocation", "manual"] as const;
+export const ROTATION_REASONS = [
+  "near-expiry",
+  "expired",
+  "new-version",
+  "schedule",
+  "revocation",
+  "manual",
+] as const;
 
 export const rotateKeySchema = z.strictObject(
   {

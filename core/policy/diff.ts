@@ -403,3 +403,34 @@ export function assertSafePolicyChange(from: ReleasePolicy, to: ReleasePolicy): 
     );
   }
 }
+
+/**
+ * True when two policies release to exactly the same tokens by construction: the same
+ * authorities (issuers compared normalised) with the same conditions, compared in the string
+ * form Key Vault compares claims in, in any order. Key Vault returns policies normalised
+ * (reordered, booleans and numbers as strings), so a policy read back is compared with this,
+ * never byte for byte.
+ */
+export function samePolicyMeaning(a: ReleasePolicy, b: ReleasePolicy): boolean {
+  return canonicalPolicy(a) === canonicalPolicy(b);
+}
+
+function canonicalPolicy(policy: ReleasePolicy): string {
+  const rules = policy.authorities
+    .map((rule) =>
+      JSON.stringify([normalizeIssuer(rule.authority), canonicalGroup(rule.kind, rule.conditions)]),
+    )
+    .sort();
+  return JSON.stringify([...new Set(rules)]);
+}
+
+function canonicalGroup(kind: "anyOf" | "allOf", conditions: readonly Condition[]): string {
+  const parts = conditions.map((c) =>
+    c.kind === "claim"
+      ? JSON.stringify([c.claim, c.operator, claimValueToString(c.value) ?? String(c.value)])
+      : canonicalGroup(c.kind, c.conditions),
+  );
+  // One condition is the same under anyOf and allOf.
+  const label = parts.length === 1 ? "one" : kind;
+  return JSON.stringify([label, [...new Set(parts)].sort()]);
+}

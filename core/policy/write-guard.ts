@@ -36,6 +36,7 @@ export function guardReleasePolicyWrites(store: KeyStore): KeyStore {
     getKey: (name, version) => store.getKey(name, version),
     listVersions: (name) => store.listVersions(name),
     release: (name, attestationToken, options) => store.release(name, attestationToken, options),
+    setEnabled: (name, version, enabled) => store.setEnabled(name, version, enabled),
 
     async rotate(name: string): Promise<KeyVersionInfo> {
       const current = await store.getKey(name);

@@ -29,6 +29,7 @@ import {
   type Challenge,
   type ChallengeRequest,
   type KeyEvent,
+  type RotateKey,
 } from "../messages/index.js";
 
 /** What the functions tell an agent (before signing). */
@@ -56,6 +57,8 @@ export interface SignedAgentMessage {
 /** Queue names as deployed (Bicep) and as the local transports use them by default. */
 export const REQUESTS_QUEUE = "attestation-requests";
 export const RESULTS_QUEUE = "attestation-results";
+/** `rotate-key` work: on Service Bus a session-enabled queue, session id = key name. */
+export const ROTATE_KEY_QUEUE = "rotate-key";
 /** Service Bus's default for a queue's MaxDeliveryCount. */
 export const DEFAULT_MAX_DELIVERY_COUNT = 10;
 /** The dead-letter reason Service Bus gives a message delivered too often. */
@@ -79,6 +82,16 @@ export interface ReceivedMessage {
   /** 1 on the first delivery. */
   readonly deliveryCount: number;
   readonly enqueuedAt: Date;
+}
+
+/**
+ * Functions → the rotate function: `rotate-key` work items (revocations, Key Vault events,
+ * schedules). On Service Bus each goes to the session named after its key, so one key's
+ * rotations run one at a time; the rotate use case serialises them itself too, with a lease in
+ * state, so a transport without sessions is just as safe.
+ */
+export interface RotationQueue {
+  enqueueRotation(message: RotateKey): Promise<void>;
 }
 
 /** Agents → functions. */

@@ -60,4 +60,6 @@ export interface KeyStore {
   rotate(name: string): Promise<KeyVersionInfo>;
   /** Replaces the release policy of one version (Key Vault updates policies per version). */
   updateReleasePolicy(name: string, version: string, policy: ReleasePolicy): Promise<KeyVersionInfo>;
+  /** Enables or disables one version: a disabled version is never released (retirement). */
+  setEnabled(name: string, version: string, enabled: boolean): Promise<KeyVersionInfo>;
 }

@@ -13,7 +13,8 @@
  * Times are always passed in; stores never read the clock.
  */
 import type { Violation } from "../errors.js";
-import type { Measurement, Message, TeeKind } from "../messages/index.js";
+import type { Measurement, Message, RotationReason, TeeKind } from "../messages/index.js";
+import type { ReleasePolicy } from "../policy/index.js";
 
 /** `new`: challenged, never attested; the others as their names say. */
 export type AgentStatus = "new" | "trusted" | "untrusted" | "revoked";
@@ -68,6 +69,15 @@ export interface AgentQuery {
   readonly challengeDeadlineBefore?: Date;
 }
 
+/**
+ * The two lifecycle steps the re-attestation timer looks for, each kept in an index ordered by
+ * time so that a tick reads only what is due, oldest first:
+ * - `attest`: a trusted agent, by its `attestedUntil` (no open re-attestation challenge);
+ * - `deadline`: an agent with an unanswered `reattest` challenge, by that challenge's deadline.
+ * An agent is in at most one of them (core/state/agents.ts `agentSchedule`).
+ */
+export type AgentDueKind = "attest" | "deadline";
+
 export type Verdict = "trusted" | "denied" | "error";
 
 export interface AttestationRecord {
@@ -96,6 +106,40 @@ export interface KeyHolding {
   readonly measurement: Measurement;
   readonly releasedAt: Date;
   readonly requestId: string;
+  /** Set when the control plane told the agent this version is revoked (the record stays: history). */
+  readonly revokedAt?: Date;
+}
+
+/** Where a key version came from, as Shield recorded it. */
+export type KeyVersionOrigin = "initial" | "rotated" | "adopted";
+
+export interface ManagedKeyVersion {
+  readonly version: string;
+  readonly createdAt: Date;
+  readonly origin: KeyVersionOrigin;
+  /** Why it was made (rotations) or noticed (adopted). */
+  readonly reason?: RotationReason;
+  /** The event that caused it: rotating again for the same event is a no-op. */
+  readonly sourceEventId?: string;
+  /** When it stopped being releasable (disabled in the key store). */
+  readonly retiredAt?: Date;
+  /** When agents holding it were told it is revoked (after every holder had its successor). */
+  readonly revokedAt?: Date;
+}
+
+/**
+ * What Shield manages for one key: the release policy every releasable version must carry, and
+ * the versions it knows, oldest first (at most {@link STATE_LIMITS.keyVersions}).
+ */
+export interface ManagedKeyState {
+  readonly keyName: string;
+  readonly releasePolicy: ReleasePolicy;
+  readonly versions: readonly ManagedKeyVersion[];
+  readonly updatedAt: Date;
+}
+
+export interface ManagedKeyRecord extends ManagedKeyState {
+  readonly etag: string;
 }
 
 /** Identifies one unit of idempotent work: a request id within a scope (the agent id for attestations). */
@@ -138,6 +182,11 @@ export interface AuditEvent {
   readonly subject: string;
   readonly requestId?: string;
   readonly details: AuditDetails;
+  /**
+   * Identifies the event itself: appending an event whose id the partition already holds adds
+   * nothing and returns the entry recorded first, so redelivered work never logs twice.
+   */
+  readonly eventId?: string;
 }
 
 export interface AuditEntry extends AuditEvent {
@@ -179,6 +228,11 @@ export interface StateStore {
   /** Replaces an agent if it still has `etag`; ERR_CONFLICT if it changed or was removed. */
   updateAgent(agent: AgentState, etag: string): Promise<AgentRecord>;
   listAgents(query?: AgentQuery): AsyncIterable<AgentRecord>;
+  /**
+   * Agents whose `kind` step falls before `before`, earliest first, at most `limit` (bounded:
+   * reads an index, never the whole table).
+   */
+  listAgentsDue(kind: AgentDueKind, before: Date, limit: number): Promise<AgentRecord[]>;
 
   // attestation records
   /** Records an attestation once; returns false when this (agentId, requestId) is already recorded. */
@@ -192,6 +246,13 @@ export interface StateStore {
   recordHolding(holding: KeyHolding): Promise<void>;
   listHoldingsByAgent(agentId: string): Promise<KeyHolding[]>;
   listHoldingsByKey(keyName: string, options?: { keyVersion?: string }): Promise<KeyHolding[]>;
+
+  // managed keys
+  getManagedKey(keyName: string): Promise<ManagedKeyRecord | undefined>;
+  /** Creates (no `etag`) or replaces (with the ETag read) a managed key; ERR_CONFLICT on a lost race. */
+  putManagedKey(key: ManagedKeyState, etag?: string): Promise<ManagedKeyRecord>;
+  /** Every managed key, by name (at most STATE_LIMITS.listLimit). */
+  listManagedKeys(): Promise<ManagedKeyRecord[]>;
 
   // request idempotency
   /**
@@ -229,4 +290,7 @@ export const STATE_LIMITS = {
   violations: 64,
   violationTextChars: 1024,
   listLimit: 1000,
+  /** Versions remembered per managed key: Managed HSM's limit per key. */
+  keyVersions: 100,
+  eventIdChars: 256,
 } as const;

@@ -4,7 +4,24 @@
  * again and recompute. Attest and re-attest both change agents this way.
  */
 import { isShieldError } from "../errors.js";
-import type { AgentRecord, AgentState, StateStore } from "../ports/state.js";
+import type { AgentDueKind, AgentRecord, AgentState, StateStore } from "../ports/state.js";
+
+/**
+ * When the re-attestation timer next has something to do with an agent, and what: the deadline
+ * of an unanswered `reattest` challenge (missed past it), else the end of a trusted agent's
+ * attestation (challenge it before then). Revoked, untrusted and new agents have no schedule.
+ * Both adapters index agents by this, so it must depend on the stored state only.
+ */
+export function agentSchedule(agent: AgentState): { kind: AgentDueKind; at: Date } | undefined {
+  const challenge = agent.challenge;
+  if (agent.status !== "revoked" && challenge?.reason === "reattest" && challenge.answeredBy === undefined) {
+    return { kind: "deadline", at: challenge.deadline };
+  }
+  if (agent.status === "trusted" && agent.attestedUntil !== undefined) {
+    return { kind: "attest", at: agent.attestedUntil };
+  }
+  return undefined;
+}
 
 export interface ChangeAgentOptions {
   /** Total tries before the last ERR_CONFLICT is thrown. */

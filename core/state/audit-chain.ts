@@ -26,6 +26,8 @@ export function canonicalAuditEntry(entry: Omit<AuditEntry, "hash">): string {
     entry.requestId ?? null,
     details,
     entry.previousHash,
+    // Appended only when present, so entries written before event ids existed keep their hash.
+    ...(entry.eventId === undefined ? [] : [entry.eventId]),
   ]);
 }
 

@@ -15,8 +15,10 @@ import {
   type AuditEvent,
   type ClaimOptions,
   type KeyHolding,
+  type ManagedKeyState,
   type RequestKey,
 } from "../ports/state.js";
+import { ROTATION_REASONS } from "../messages/v1.js";
 import {
   IDENTIFIER_PATTERN,
   KEY_NAME_PATTERN,
@@ -81,6 +83,29 @@ const keyHolding = z.object({
   measurement,
   releasedAt: date,
   requestId: id,
+  revokedAt: date.optional(),
+});
+
+const managedKey = z.object({
+  keyName: z.string().regex(KEY_NAME_PATTERN),
+  releasePolicy: z.custom<ManagedKeyState["releasePolicy"]>(
+    (value) => typeof value === "object" && value !== null && !Array.isArray(value),
+    "a release policy object",
+  ),
+  versions: z
+    .array(
+      z.object({
+        version: z.string().regex(KEY_VERSION_PATTERN),
+        createdAt: date,
+        origin: z.enum(["initial", "rotated", "adopted"]),
+        reason: z.enum(ROTATION_REASONS).optional(),
+        sourceEventId: id.optional(),
+        retiredAt: date.optional(),
+        revokedAt: date.optional(),
+      }),
+    )
+    .max(STATE_LIMITS.keyVersions),
+  updatedAt: date,
 });
 
 const requestKey = z.object({ scope: id, requestId: id });
@@ -95,6 +120,12 @@ const auditEvent = z.object({
     z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/),
     z.union([z.string(), z.number().refine(Number.isFinite, "a finite number"), z.boolean(), z.null()]),
   ),
+  eventId: z
+    .string()
+    // eslint-disable-next-line no-control-regex -- excluding control characters is the point
+    .regex(/^[^\u0000-\u001f\u007f]+$/)
+    .max(STATE_LIMITS.eventIdChars)
+    .optional(),
 });
 
 function check<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
@@ -124,6 +155,14 @@ export function checkAttestationRecord(record: AttestationRecord): AttestationRe
 
 export function checkKeyHolding(holding: KeyHolding): KeyHolding {
   return check(keyHolding, holding, "key holding");
+}
+
+export function checkManagedKey(key: ManagedKeyState): ManagedKeyState {
+  const checked = check(managedKey, key, "managed key");
+  if (JSON.stringify(checked.releasePolicy).length > STATE_LIMITS.auditDetailsChars * 2) {
+    throw new ShieldError("ERR_INPUT_TOO_LARGE", "the managed release policy exceeds a storage limit");
+  }
+  return checked;
 }
 
 export function checkKeyName(keyName: string, keyVersion?: string): void {

@@ -9,11 +9,21 @@ import { createAttestHandler, type AttestDelivery, type AttestOutcome } from "..
 import type { Logger } from "../../core/ports/logger.js";
 import type { AgentChannel } from "../../core/ports/bus.js";
 import type { StateStore } from "../../core/ports/state.js";
-import { systemClock, systemRandom } from "../../core/ports/clock.js";
+import { systemClock as realClock, systemRandom, type Clock } from "../../core/ports/clock.js";
 import { createControlChannel } from "../../core/control/signed.js";
 import { retrying, type RetryPolicy } from "../../core/retry.js";
 import { createCachedSigningKeys } from "../../core/token/index.js";
 import { readSettings, type FunctionsSettings } from "./settings.js";
+import type { RotationQueue } from "../../core/ports/bus.js";
+import { createChallengeIssuer } from "../../core/attest/challenge.js";
+import { createRevoker, type RevocationOutcome } from "../../core/lifecycle/revoke.js";
+import { createReattestTick, type TickReport } from "../../core/lifecycle/reattest.js";
+import { createRotation, type RotationOutcome } from "../../core/lifecycle/rotate.js";
+import {
+  createKeyVaultEventHandler,
+  vaultNameOf,
+  type EventIntake,
+} from "../../core/lifecycle/keyvault-events.js";
 
 /** Retries inside one invocation: a few quick attempts; redelivery does the rest. */
 const INVOCATION_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };
@@ -27,6 +37,26 @@ export type AttestHandler = (
 export interface Composition {
   readonly settings: FunctionsSettings;
   readonly attest: AttestHandler;
+  readonly reattest: (timer: { isPastDue?: boolean }, logger: Logger) => Promise<TickReport>;
+  readonly rotate: (
+    body: unknown,
+    delivery: { messageId: string; deliveryCount: number },
+    logger: Logger,
+  ) => Promise<RotationOutcome>;
+  readonly rotationTick: (logger: Logger) => Promise<{ queued: number; retired: number; waiting: number }>;
+  readonly keyVaultEvents: (body: unknown, logger: Logger) => Promise<EventIntake>;
+  readonly operator: {
+    revoke(
+      agentId: string,
+      by: { operator: string; requestId: string },
+      logger: Logger,
+    ): Promise<RevocationOutcome>;
+    reinstate(
+      agentId: string,
+      by: { operator: string; requestId: string },
+      logger: Logger,
+    ): Promise<{ changed: boolean; previousReason?: string }>;
+  };
   close(): Promise<void>;
 }
 
@@ -59,6 +89,25 @@ async function buildState(
       });
 }
 
+async function buildRotationQueue(
+  settings: FunctionsSettings,
+  credential: () => Promise<TokenCredentialLike>,
+): Promise<RotationQueue & { close(): Promise<void> }> {
+  if (settings.bus.kind === "servicebus") {
+    const { createServiceBusRotationQueue } = await import("../../adapters/servicebus/bus.js");
+    return createServiceBusRotationQueue({
+      fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace,
+      credential: await credential(),
+      queue: settings.rotateKeyQueue,
+    });
+  }
+  const { createStorageQueueBus } = await import("../../adapters/storage-queue/bus.js");
+  return createStorageQueueBus({
+    connectionString: settings.bus.connectionString,
+    rotationQueue: settings.rotateKeyQueue,
+  });
+}
+
 async function buildAgentChannel(
   settings: FunctionsSettings,
   credential: () => Promise<TokenCredentialLike>,
@@ -85,7 +134,26 @@ function invocationLogger(): { logger: Logger; use<T>(logger: Logger, run: () =>
   };
 }
 
-export async function buildComposition(settings: FunctionsSettings): Promise<Composition> {
+export interface CompositionOptions {
+  /**
+   * The clock every use case reads (default: the system's). The embedded default's scenario and
+   * the tests move it, to show a day of re-attestation and rotation in a minute.
+   */
+  readonly clock?: Clock;
+}
+
+let compositionOptions: CompositionOptions = {};
+
+/** Options for compositions built from now on (call before the first invocation, or reset after). */
+export function configureComposition(options: CompositionOptions): void {
+  compositionOptions = { ...options };
+}
+
+export async function buildComposition(
+  settings: FunctionsSettings,
+  options: CompositionOptions = compositionOptions,
+): Promise<Composition> {
+  const systemClock = options.clock ?? realClock;
   let credentialPromise: Promise<TokenCredentialLike> | undefined;
   const credential = () => (credentialPromise ??= defaultCredential());
   const logs = invocationLogger();
@@ -115,22 +183,62 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
     fetchJson: () => retrying(maa, INVOCATION_RETRY).getSigningCertificates(),
     clock: systemClock,
   });
+  const rotationQueue = await buildRotationQueue(settings, credential);
+  const rotations = retrying(rotationQueue, INVOCATION_RETRY);
+  const control = createControlChannel({
+    transport: retrying(agents, INVOCATION_RETRY),
+    signer: retrying(controlSigner, INVOCATION_RETRY),
+    clock: systemClock,
+    random: systemRandom,
+    ttlSeconds: settings.controlMessageTtlSeconds,
+  });
+  const retryingState = retrying(state, INVOCATION_RETRY);
+  const retryingKeys = retrying(keys, INVOCATION_RETRY);
+  const revoker = createRevoker(
+    { state: retryingState, agents: control, rotations, clock: systemClock, logger: logs.logger },
+    settings.lifecycles,
+  );
+  const challenges = createChallengeIssuer(
+    { state: retryingState, agents: control, clock: systemClock, random: systemRandom, logger: logs.logger },
+    { challengeSeconds: settings.challengeSeconds },
+  );
+  const tick = createReattestTick(
+    { state: retryingState, challenges, revoker, clock: systemClock, logger: logs.logger },
+    { budget: settings.reattest.budget, marginSeconds: settings.reattest.marginSeconds },
+  );
+  const rotation = createRotation(
+    {
+      state: retryingState,
+      keys: retryingKeys,
+      agents: control,
+      rotations,
+      clock: systemClock,
+      logger: logs.logger,
+    },
+    {
+      lifecycles: settings.lifecycles,
+      managedKeys: settings.managedKeys,
+      maxDeliveryCount: settings.maxDeliveryCount,
+    },
+  );
+  const events = createKeyVaultEventHandler(
+    { state: retryingState, rotations, clock: systemClock, logger: logs.logger },
+    {
+      vaultName: settings.keyVaultName ?? vaultNameOf(settings.keyVaultUrl),
+      managedKeys: settings.managedKeys,
+    },
+  );
   const handle = createAttestHandler(
     {
       attestation: retrying(maa, INVOCATION_RETRY),
-      keys: retrying(keys, INVOCATION_RETRY),
+      keys: retryingKeys,
       tokenKeys,
-      state: retrying(state, INVOCATION_RETRY),
-      agents: createControlChannel({
-        transport: retrying(agents, INVOCATION_RETRY),
-        signer: retrying(controlSigner, INVOCATION_RETRY),
-        clock: systemClock,
-        random: systemRandom,
-        ttlSeconds: settings.controlMessageTtlSeconds,
-      }),
+      state: retryingState,
+      agents: control,
       clock: systemClock,
       random: systemRandom,
       logger: logs.logger,
+      revoker,
     },
     {
       issuer: settings.maaEndpoint,
@@ -145,7 +253,19 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
   return {
     settings,
     attest: (body, delivery, logger) => logs.use(logger, () => handle(body, delivery)),
-    close: () => agents.close(),
+    reattest: (timer, logger) => logs.use(logger, () => tick(timer)),
+    rotate: (body, delivery, logger) => logs.use(logger, () => rotation.handle(body, delivery)),
+    rotationTick: (logger) => logs.use(logger, () => rotation.scheduleTick()),
+    keyVaultEvents: (body, logger) => logs.use(logger, () => events(body)),
+    operator: {
+      revoke: (agentId, by, logger) =>
+        logs.use(logger, () => revoker.revoke(agentId, { kind: "operator", ...by })),
+      reinstate: (agentId, by, logger) => logs.use(logger, () => revoker.reinstate(agentId, by)),
+    },
+    close: async () => {
+      await agents.close();
+      await rotationQueue.close();
+    },
   };
 }
 

@@ -9,6 +9,8 @@ import { ShieldError, type Violation } from "../../core/errors.js";
 import { parseAppraisalPolicy, type AppraisalPolicy } from "../../core/appraisal/index.js";
 import { RELEASE_ENCRYPTIONS, type ReleaseEncryption } from "../../core/keywrap/index.js";
 import { CONTROL_ALGORITHMS, type ControlAlgorithm } from "../../core/ports/control-signer.js";
+import { parseKeyLifecycles, type KeyLifecycles } from "../../core/lifecycle/keys.js";
+import { checkSchedule, DEFAULT_REATTEST_SCHEDULE, DEFAULT_ROTATION_SCHEDULE } from "./schedules.js";
 
 const url = z.string().url();
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
@@ -42,6 +44,23 @@ const schema = z.object({
     .default("ES256"),
   SHIELD_CHALLENGE_SECONDS: z.coerce.number().int().min(10).max(3600).default(300),
   SHIELD_CONTROL_MESSAGE_TTL_SECONDS: z.coerce.number().int().min(60).max(86_400).default(900),
+  // the lifecycle: re-attestation, revocation, rotation
+  SHIELD_REATTEST_SCHEDULE: z.string().default(DEFAULT_REATTEST_SCHEDULE),
+  SHIELD_REATTEST_BUDGET: z.coerce.number().int().min(1).max(1000).default(100),
+  SHIELD_REATTEST_MARGIN_SECONDS: z.coerce.number().int().min(0).max(86_400).optional(),
+  SHIELD_ROTATION_SCHEDULE: z.string().default(DEFAULT_ROTATION_SCHEDULE),
+  /** The queue `rotate-key` work goes to (session-enabled on Service Bus). */
+  SHIELD_ROTATE_KEY_QUEUE: z
+    .string()
+    .regex(/^(?=.{3,63}$)[a-z0-9]+(?:-[a-z0-9]+)*$/)
+    .default("rotate-key"),
+  /** Per-key lifecycle (core/lifecycle/keys.ts), JSON; keys not named get the defaults. */
+  SHIELD_KEY_LIFECYCLE: z.string().default("{}"),
+  /** The vault's name as Key Vault events name it (default: the first label of SHIELD_KEYVAULT_URL's host). */
+  SHIELD_KEYVAULT_NAME: z
+    .string()
+    .regex(/^[A-Za-z0-9-]{1,64}$/)
+    .optional(),
 });
 
 export interface FunctionsSettings {
@@ -71,6 +90,18 @@ export interface FunctionsSettings {
   readonly controlKey: { readonly keyId: string; readonly algorithm: ControlAlgorithm };
   readonly challengeSeconds: number;
   readonly controlMessageTtlSeconds: number;
+  readonly reattest: {
+    readonly schedule: string;
+    readonly budget: number;
+    /** Challenge this long before an attestation ends. */
+    readonly marginSeconds: number;
+  };
+  readonly rotationSchedule: string;
+  readonly rotateKeyQueue: string;
+  readonly lifecycles: KeyLifecycles;
+  /** Keys named in SHIELD_KEY_LIFECYCLE: managed (scheduled rotation, events) from the start. */
+  readonly managedKeys: readonly string[];
+  readonly keyVaultName?: string;
 }
 
 function configError(violations: Violation[]): ShieldError {
@@ -132,7 +163,28 @@ export function readSettings(env: Readonly<Record<string, string | undefined>>):
       actual: error instanceof ShieldError ? error.code : "invalid",
     });
   }
-  if (problems.length > 0 || state === undefined || bus === undefined || appraisal === undefined)
+  for (const name of ["SHIELD_REATTEST_SCHEDULE", "SHIELD_ROTATION_SCHEDULE"] as const) {
+    const problem = checkSchedule(s[name]);
+    if (problem !== undefined)
+      problems.push({ field: name, expected: "an NCRONTAB schedule", actual: problem });
+  }
+  let lifecycle: ReturnType<typeof parseKeyLifecycles> | undefined;
+  try {
+    lifecycle = parseKeyLifecycles(JSON.parse(s.SHIELD_KEY_LIFECYCLE) as unknown);
+  } catch (error) {
+    problems.push({
+      field: "SHIELD_KEY_LIFECYCLE",
+      expected: "per-key lifecycle settings (JSON)",
+      actual: error instanceof ShieldError ? error.code : "not JSON",
+    });
+  }
+  if (
+    problems.length > 0 ||
+    state === undefined ||
+    bus === undefined ||
+    appraisal === undefined ||
+    lifecycle === undefined
+  )
     throw configError(problems);
   return {
     maaEndpoint: s.SHIELD_MAA_ENDPOINT.replace(/\/+$/, ""),
@@ -149,5 +201,15 @@ export function readSettings(env: Readonly<Record<string, string | undefined>>):
     controlKey: { keyId: s.SHIELD_CONTROL_KEY_ID, algorithm: s.SHIELD_CONTROL_KEY_ALGORITHM },
     challengeSeconds: s.SHIELD_CHALLENGE_SECONDS,
     controlMessageTtlSeconds: s.SHIELD_CONTROL_MESSAGE_TTL_SECONDS,
+    reattest: {
+      schedule: s.SHIELD_REATTEST_SCHEDULE,
+      budget: s.SHIELD_REATTEST_BUDGET,
+      marginSeconds: s.SHIELD_REATTEST_MARGIN_SECONDS ?? s.SHIELD_CHALLENGE_SECONDS + 60,
+    },
+    rotationSchedule: s.SHIELD_ROTATION_SCHEDULE,
+    rotateKeyQueue: s.SHIELD_ROTATE_KEY_QUEUE,
+    lifecycles: lifecycle.lifecycles,
+    managedKeys: lifecycle.named,
+    ...(s.SHIELD_KEYVAULT_NAME === undefined ? {} : { keyVaultName: s.SHIELD_KEYVAULT_NAME }),
   };
 }

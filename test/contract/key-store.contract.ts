@@ -179,6 +179,25 @@ export function defineKeyStoreContract(name: string, makeHarness: () => Promise<
         await expectSameKey(info, released);
       });
 
+      it("disables and enables one version; a disabled version is not released", async () => {
+        const keyName = fixture.uniqueName("disable");
+        const older = await store.createKey(keyName, { keyType: "oct-HSM", releasePolicy: policy });
+        const newer = await store.rotate(keyName);
+        const disabled = await store.setEnabled(keyName, older.version, false);
+        expect(disabled).toMatchObject({ version: older.version, enabled: false });
+        expect((await store.getKey(keyName, older.version)).enabled).toBe(false);
+        expect((await store.getKey(keyName, newer.version)).enabled).toBe(true);
+        const token = await fixture.token();
+        await expect(
+          store.release(keyName, token, { version: older.version, encryption: "RSA_AES_KEY_WRAP_256" }),
+        ).rejects.toBeInstanceOf(ShieldError);
+        expect((await store.setEnabled(keyName, older.version, true)).enabled).toBe(true);
+        const released = unwrap(
+          await store.release(keyName, token, { version: older.version, encryption: "RSA_AES_KEY_WRAP_256" }),
+        );
+        expect(released.kid).toBe(older.id);
+      });
+
       it("updates the release policy of one version only", async () => {
         const keyName = fixture.uniqueName("update");
         const older = await store.createKey(keyName, { keyType: "oct-HSM", releasePolicy: policy });

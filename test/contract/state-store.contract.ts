@@ -13,6 +13,7 @@ import {
 } from "../../core/messages/index.js";
 import type { AgentState, AuditDetails, StateStore } from "../../core/ports/state.js";
 import { changeAgent } from "../../core/state/agents.js";
+import { parseReleasePolicy } from "../../core/policy/index.js";
 
 export interface StateStoreHarness {
   readonly store: StateStore;
@@ -238,6 +239,70 @@ export function defineStateStoreContract(name: string, makeHarness: () => Promis
         expect(listed?.etag).toBe((await store.getAgent(revoked))?.etag);
       });
 
+      it("lists agents due for re-attestation or past a deadline, earliest first, bounded, following each change", async () => {
+        // Times in 2001 keep these agents apart from every other test's (all in 2026).
+        const base = new Date("2001-01-01T00:00:00.000Z").getTime();
+        const t = (seconds: number) => new Date(base + seconds * 1000);
+        const ids = Array.from({ length: 5 }, () => fresh("due"));
+        // Trusted agents, attested until t(50), t(10), t(40), t(30); one revoked (never due).
+        const until = [50, 10, 40, 30];
+        for (const [index, seconds] of until.entries()) {
+          await store.createAgent(
+            agent(ids[index]!, {
+              status: "trusted",
+              lastAttestedAt: t(seconds - 300),
+              attestedUntil: t(seconds),
+            }),
+          );
+        }
+        await store.createAgent(agent(ids[4]!, { status: "revoked", attestedUntil: t(1) }));
+        const due = async (kind: "attest" | "deadline", before: number, limit = 10) =>
+          (await store.listAgentsDue(kind, t(before), limit)).map((a) => a.agentId);
+
+        expect(await due("attest", 45)).toEqual([ids[1], ids[3], ids[2]]);
+        expect(await due("attest", 45, 2)).toEqual([ids[1], ids[3]]);
+        expect(await due("attest", 10)).toEqual([]); // strictly before
+        expect(await due("deadline", 1000)).toEqual([]);
+
+        // Challenged for re-attestation: out of `attest`, into `deadline` by the challenge's deadline.
+        const challenged = await store.getAgent(ids[1]!);
+        const challenge = {
+          nonce: b64url(32),
+          issuedAt: t(5),
+          deadline: t(305),
+          reason: "reattest" as const,
+        };
+        const { etag, ...rest } = challenged!;
+        const updated = await store.updateAgent({ ...rest, challenge }, etag);
+        expect(await due("attest", 45)).toEqual([ids[3], ids[2]]);
+        expect(await due("deadline", 305)).toEqual([]);
+        expect(await due("deadline", 306)).toEqual([ids[1]]);
+        const listed = await store.listAgentsDue("deadline", t(306), 10);
+        expect(listed[0]?.etag).toBe(updated.etag);
+
+        // Answered (validated): no longer waiting on the deadline; attested again: due later.
+        const { etag: etag2, ...rest2 } = updated;
+        const answered = await store.updateAgent(
+          { ...rest2, challenge: { ...challenge, answeredBy: "req-1" } },
+          etag2,
+        );
+        expect(await due("deadline", 1000)).toEqual([]);
+        const { etag: etag3, challenge: _done, ...rest3 } = answered;
+        await store.updateAgent({ ...rest3, attestedUntil: t(600) }, etag3);
+        expect(await due("attest", 45)).toEqual([ids[3], ids[2]]);
+        expect(await due("attest", 601)).toEqual([ids[3], ids[2], ids[0], ids[1]]);
+
+        // A `requested` challenge does not count against an agent.
+        const requested = await store.getAgent(ids[3]!);
+        const { etag: etag4, ...rest4 } = requested!;
+        await store.updateAgent(
+          { ...rest4, challenge: { nonce: b64url(32), issuedAt: t(1), deadline: t(2), reason: "requested" } },
+          etag4,
+        );
+        expect(await due("deadline", 1000)).toEqual([]);
+        expect(await due("attest", 45)).toEqual([ids[3], ids[2]]);
+      });
+
       it("refuses identifiers that are unsafe as keys", async () => {
         await expect(store.createAgent(agent("a/b"))).rejects.toBeInstanceOf(TypeError);
         await expect(store.getAgent("a#b")).rejects.toBeInstanceOf(TypeError);
@@ -367,6 +432,69 @@ export function defineStateStoreContract(name: string, makeHarness: () => Promis
         await store.recordHolding(again);
         expect(await store.listHoldingsByAgent(a1)).toEqual([again, holdings[1]]);
         expect(await store.listHoldingsByKey(keyA, { keyVersion: "v1" })).toContainEqual(again);
+
+        // A revocation is recorded on the holding, which stays as history.
+        const revoked = { ...holdings[3]!, revokedAt: at(200) };
+        await store.recordHolding(revoked);
+        expect(await store.listHoldingsByKey(keyA, { keyVersion: "v2" })).toEqual([revoked]);
+        expect(await store.listHoldingsByAgent(a2)).toEqual([holdings[2], revoked]);
+      });
+    });
+
+    describe("managed keys", () => {
+      const policy = parseReleasePolicy({
+        version: "1.0.0",
+        anyOf: [
+          {
+            authority: "https://maa.example",
+            allOf: [{ claim: "x-ms-sevsnpvm-hostdata", equals: "ab".repeat(32) }],
+          },
+        ],
+      });
+      it("creates once, updates with the ETag read, refuses a stale one, and lists", async () => {
+        const keyName = `mk-${hex(6)}`;
+        const state = {
+          keyName,
+          releasePolicy: policy,
+          versions: [{ version: "v1", createdAt: at(0), origin: "initial" as const }],
+          updatedAt: at(0),
+        };
+        const created = await store.putManagedKey(state);
+        expect(created).toMatchObject(state);
+        await expectCode(store.putManagedKey(state), "ERR_CONFLICT");
+        const next = {
+          ...state,
+          versions: [
+            { ...state.versions[0]!, retiredAt: at(20), revokedAt: at(30) },
+            {
+              version: "v2",
+              createdAt: at(10),
+              origin: "rotated" as const,
+              reason: "near-expiry" as const,
+              sourceEventId: fresh("event"),
+            },
+          ],
+          updatedAt: at(10),
+        };
+        const updated = await store.putManagedKey(next, created.etag);
+        await expectCode(store.putManagedKey(next, created.etag), "ERR_CONFLICT");
+        const { etag: _etag, ...read } = (await store.getManagedKey(keyName))!;
+        expect(read).toEqual(next);
+        expect((await store.getManagedKey(keyName))?.etag).toBe(updated.etag);
+        expect((await store.listManagedKeys()).map((k) => k.keyName)).toContain(keyName);
+        expect(await store.getManagedKey(`none-${hex(4)}`)).toBeUndefined();
+      });
+
+      it("keeps at most 100 versions per key", async () => {
+        const versions = Array.from({ length: 101 }, (_, i) => ({
+          version: `v${i}`,
+          createdAt: at(i),
+          origin: "rotated" as const,
+        }));
+        await expectCode(
+          store.putManagedKey({ keyName: `mk-${hex(6)}`, releasePolicy: policy, versions, updatedAt: at(0) }),
+          "ERR_INPUT_TOO_LARGE",
+        );
       });
     });
 
@@ -531,6 +659,25 @@ export function defineStateStoreContract(name: string, makeHarness: () => Promis
           headHash: entries[4]?.hash,
           problems: [],
         });
+      });
+
+      it("appends an event with an id once, however often it is appended", async () => {
+        const partition = fresh("audit");
+        const first = await store.appendAudit(partition, { ...event(1), eventId: "rotation:k1:event-7" });
+        await store.appendAudit(partition, event(2));
+        const again = await store.appendAudit(partition, {
+          ...event(3),
+          eventId: "rotation:k1:event-7",
+        });
+        expect(again).toEqual(first);
+        expect(first.eventId).toBe("rotation:k1:event-7");
+        const racing = await Promise.all(
+          Array.from({ length: 3 }, () => store.appendAudit(partition, { ...event(4), eventId: "once" })),
+        );
+        expect(new Set(racing.map((e) => e.sequence)).size).toBe(1);
+        const entries = await store.listAudit(partition);
+        expect(entries.map((e) => e.sequence)).toEqual([1, 2, 3]);
+        expect(await store.verifyAuditChain(partition)).toMatchObject({ ok: true, entries: 3 });
       });
 
       it("keeps the chain whole when appends race", async () => {

@@ -84,5 +84,12 @@ export function createLocalKeyStore(engine: LocalKeyVault): KeyStore {
       if (releasePolicy === undefined) throw new TypeError("policy is required");
       return toKeyVersionInfo(await engine.updateKey(name, version, { releasePolicy }));
     },
+
+    async setEnabled(name: string, version: string, enabled: boolean): Promise<KeyVersionInfo> {
+      if (typeof version !== "string" || version === "") {
+        throw new ShieldError("ERR_CONFIG", "a key version is required to enable or disable it");
+      }
+      return toKeyVersionInfo(await engine.updateKey(name, version, { enabled }));
+    },
   });
 }

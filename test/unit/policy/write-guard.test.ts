@@ -42,6 +42,7 @@ function recordingStore(current: KeyVersionInfo, rotated: KeyVersionInfo) {
     getKey: () => Promise.resolve(current),
     listVersions: () => Promise.resolve([current]),
     release: () => Promise.resolve("released"),
+    setEnabled: () => Promise.resolve(current),
     rotate: () => {
       writes.push("rotate");
       return Promise.resolve(rotated);

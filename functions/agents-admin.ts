@@ -1,0 +1,78 @@
+/**
+ * Operator endpoints (function key; behind App Service authentication with Entra ID the
+ * caller's name comes from `x-ms-client-principal-name`):
+ *
+ * - `POST /api/agents/{agentId}/revoke` — revoke an agent now: its keys are revoked to it, keys
+ *   set to rotate on revocation are rotated, and `attest` refuses it;
+ * - `POST /api/agents/{agentId}/reinstate` — let a revoked agent attest again.
+ *
+ * Both are audited with the operator's name and the invocation id. 404 for an unknown agent,
+ * 400 for a malformed agent id.
+ */
+import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from "@azure/functions";
+import { isShieldError } from "../core/errors.js";
+import { IDENTIFIER_PATTERN } from "../core/messages/fields.js";
+import { composition } from "./composition/root.js";
+import { contextLogger } from "./composition/invocation.js";
+
+function operatorOf(request: HttpRequest): string {
+  const principal = request.headers.get("x-ms-client-principal-name");
+  // eslint-disable-next-line no-control-regex -- excluding control characters is the point
+  if (principal !== null && /^[^\u0000-\u001f\u007f]{1,128}$/.test(principal)) return principal;
+  return "function-key";
+}
+
+function requestIdOf(context: InvocationContext): string {
+  const id = context.invocationId.replace(/[^A-Za-z0-9._:-]/g, "").slice(0, 100);
+  return id === "" ? "operator" : id;
+}
+
+async function act(
+  action: "revoke" | "reinstate",
+  request: HttpRequest,
+  context: InvocationContext,
+): Promise<HttpResponseInit> {
+  const agentId = request.params["agentId"] ?? "";
+  if (!IDENTIFIER_PATTERN.test(agentId)) {
+    return json(400, { error: { code: "ERR_INPUT_MALFORMED", message: "agentId is not a valid agent id" } });
+  }
+  const { operator } = await composition();
+  const by = { operator: operatorOf(request), requestId: `${action}-${requestIdOf(context)}` };
+  try {
+    const outcome =
+      action === "revoke"
+        ? await operator.revoke(agentId, by, contextLogger(context))
+        : await operator.reinstate(agentId, by, contextLogger(context));
+    return json(200, { agentId, action, ...outcome });
+  } catch (error) {
+    if (isShieldError(error) && error.code === "ERR_CONFIG") {
+      return json(404, { error: { code: "ERR_AGENT_UNKNOWN", message: `no agent ${agentId} is known` } });
+    }
+    const code = isShieldError(error) ? error.code : "ERR_INTERNAL";
+    return json(isShieldError(error) && !error.transient ? 400 : 503, {
+      error: { code, message: "not done" },
+    });
+  }
+}
+
+export const revokeAgent = (request: HttpRequest, context: InvocationContext) =>
+  act("revoke", request, context);
+export const reinstateAgent = (request: HttpRequest, context: InvocationContext) =>
+  act("reinstate", request, context);
+
+function json(status: number, body: unknown): HttpResponseInit {
+  return { status, jsonBody: body, headers: { "content-type": "application/json" } };
+}
+
+app.http("agent-revoke", {
+  methods: ["POST"],
+  authLevel: "function",
+  route: "agents/{agentId}/revoke",
+  handler: revokeAgent,
+});
+app.http("agent-reinstate", {
+  methods: ["POST"],
+  authLevel: "function",
+  route: "agents/{agentId}/reinstate",
+  handler: reinstateAgent,
+});
