@@ -4,12 +4,13 @@
  * a real `InvocationContext` (trigger metadata camel-cased as the Node worker does), and settles
  * each message the way Service Bus would after the function returns or throws — complete, or
  * abandon for redelivery, or, once the delivery count reaches the maximum, dead-letter with the
- * error's code as the reason.
+ * error's code as the reason. Timer functions run on their NCRONTAB schedules (`startLocalTimer`).
  */
 // The package is CommonJS and Node's ESM loader cannot see `InvocationContext` as a named
 // export, so the class is taken from the default export.
 import functionsRuntime, { type InvocationContext } from "@azure/functions";
 import { randomUUID } from "node:crypto";
+import { Cron } from "croner";
 import { isShieldError } from "../../core/errors.js";
 import type { LockedMessage, RequestReceiver } from "../../core/ports/bus.js";
 import { silentLogger, type Logger } from "../../core/ports/logger.js";
@@ -128,6 +129,89 @@ export function startLocalFunctionsHost(options: LocalFunctionsHostOptions): Loc
       stopping = true;
       await options.receiver.close();
       await Promise.all(workers);
+    },
+  };
+}
+
+export type TimerFunctionHandler = (
+  timer: functionsRuntime.Timer,
+  context: InvocationContext,
+) => Promise<void>;
+
+export interface LocalTimerOptions {
+  readonly functionName: string;
+  /** The NCRONTAB schedule the function registers with (six fields, seconds first). */
+  readonly schedule: string;
+  readonly handler: TimerFunctionHandler;
+  readonly logger?: Logger;
+}
+
+export interface LocalTimer {
+  stats(): { runs: number; failures: number; skipped: number };
+  stop(): Promise<void>;
+}
+
+/**
+ * A timer trigger as the Functions host runs one: on its NCRONTAB schedule (read with `croner`,
+ * which takes the same six-field form), one run at a time — a tick that comes while the last
+ * run is still going is skipped, and the next run is told it is past due, as the host's
+ * singleton timer lock does. A failing run is logged; the schedule goes on.
+ */
+export function startLocalTimer(options: LocalTimerOptions): LocalTimer {
+  const log = options.logger ?? silentLogger;
+  const counts = { runs: 0, failures: 0, skipped: 0 };
+  let running: Promise<void> | undefined;
+  let pastDue = false;
+  let last: Date | undefined;
+  const job = new Cron(options.schedule, { protect: false }, () => {
+    if (running !== undefined) {
+      counts.skipped++;
+      pastDue = true;
+      return;
+    }
+    const now = new Date();
+    const timer: functionsRuntime.Timer = {
+      isPastDue: pastDue,
+      schedule: { adjustForDST: true },
+      scheduleStatus: {
+        last: (last ?? now).toISOString(),
+        next: job.nextRun()?.toISOString() ?? "",
+        lastUpdated: now.toISOString(),
+      },
+    };
+    pastDue = false;
+    last = now;
+    const invocationId = randomUUID();
+    const context: InvocationContext = new functionsRuntime.InvocationContext({
+      functionName: options.functionName,
+      invocationId,
+      logHandler: (level, ...args) =>
+        log(level === "error" ? "error" : level === "warning" ? "warn" : "info", args.map(String).join(" "), {
+          function: options.functionName,
+          invocationId,
+        }),
+    });
+    running = options
+      .handler(timer, context)
+      .then(() => {
+        counts.runs++;
+      })
+      .catch((error: unknown) => {
+        counts.failures++;
+        log("error", "timer function failed", {
+          function: options.functionName,
+          code: isShieldError(error) ? error.code : "Error",
+        });
+      })
+      .finally(() => {
+        running = undefined;
+      });
+  });
+  return {
+    stats: () => ({ ...counts }),
+    async stop() {
+      job.stop();
+      await running;
     },
   };
 }

@@ -95,10 +95,19 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
   ): Promise<IssuedChallenge> {
     const now = clock.now();
     let issued: IssuedChallenge | undefined;
+    /** What the message says: the stored challenge's reason (an owed re-attestation stays one). */
+    let sentReason = reason;
     await changeAgent(state, agent.agentId, (current: AgentRecord | undefined) => {
       const open = current?.challenge;
       if (open?.answeredBy !== undefined && open.deadline.getTime() > now.getTime()) {
         issued = { nonce: open.nonce, deadline: open.deadline, reused: true, suppressed: true };
+        return undefined;
+      }
+      // A re-attestation deadline never moves: asking for a challenge (anyone can, in an agent's
+      // name) gets a fresh nonce at most, due by the same deadline, and nothing once it passed.
+      const owed = open?.reason === "reattest" && open.answeredBy === undefined ? open : undefined;
+      if (owed !== undefined && owed.deadline.getTime() <= now.getTime()) {
+        issued = { nonce: owed.nonce, deadline: owed.deadline, reused: true, suppressed: true };
         return undefined;
       }
       if (reusable(current?.challenge, now)) {
@@ -111,6 +120,7 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
           return undefined;
         }
         issued = { nonce: reused.nonce, deadline: reused.deadline, reused: true };
+        sentReason = upgrade ? reason : (reused.reason ?? reason);
         const { etag: _etag, ...rest } = current;
         return {
           ...rest,
@@ -121,11 +131,12 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
       const challenge: PendingChallenge = {
         nonce: random.bytes(NONCE_BYTES).toString("base64url"),
         issuedAt: now,
-        deadline: new Date(now.getTime() + seconds * 1000),
-        reason,
+        deadline: owed?.deadline ?? new Date(now.getTime() + seconds * 1000),
+        reason: owed === undefined ? reason : "reattest",
         sentAt: now,
       };
       issued = { nonce: challenge.nonce, deadline: challenge.deadline, reused: false };
+      sentReason = challenge.reason ?? reason;
       if (current === undefined) {
         return {
           agentId: agent.agentId,
@@ -151,7 +162,7 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
           agentId: agent.agentId,
           nonce: issued.nonce,
           deadline: issued.deadline,
-          reason,
+          reason: sentReason,
           sentAt: now,
         }),
       );

@@ -51,7 +51,7 @@ function setup(options: { budget: number; failSendsFor?: Set<string> }) {
     { state, challenges, revoker, clock, logger },
     { budget: options.budget, marginSeconds: 360 },
   );
-  return { clock, state, sent, rotations, tick };
+  return { clock, state, sent, rotations, tick, challenges };
 }
 
 async function trustedAgents(
@@ -173,5 +173,36 @@ describe("reattest tick", () => {
     expect(again.revoked).toBe(1); // agent-00001 got its challenge and let the deadline pass
     expect((await state.getAgent("agent-00000"))?.status).toBe("trusted");
     expect(sent.some((s) => s.agentId === "agent-00000" && s.type === "challenge")).toBe(true);
+  });
+
+  it("asking for challenges in an agent's name never moves its re-attestation deadline", async () => {
+    const { clock, state, tick, challenges } = setup({ budget: 10 });
+    const [agentId] = await trustedAgents(state, 1, () => new Date(T0.getTime() + 60_000));
+    await tick();
+    const owed = (await state.getAgent(agentId!))!.challenge!;
+    expect(owed.reason).toBe("reattest");
+    const ask = () =>
+      challenges.handleRequest({
+        type: "challenge-request",
+        version: 1,
+        agentId: agentId!,
+        workload: "orders",
+        tee: "sevsnp",
+        sentAt: clock.now().toISOString(),
+      });
+    // Late in the challenge's life a request gets a new nonce, due by the same deadline.
+    clock.set(new Date(owed.deadline.getTime() - 30_000));
+    const renewed = await ask();
+    expect(renewed.reused).toBe(false);
+    expect(renewed.deadline).toEqual(owed.deadline);
+    expect((await state.getAgent(agentId!))!.challenge).toMatchObject({
+      reason: "reattest",
+      deadline: owed.deadline,
+    });
+    // Past the deadline a request gets nothing, and the tick revokes.
+    clock.set(new Date(owed.deadline.getTime() + 1));
+    expect((await ask()).suppressed).toBe(true);
+    expect((await tick()).revoked).toBe(1);
+    expect((await state.getAgent(agentId!))?.status).toBe("revoked");
   });
 });
