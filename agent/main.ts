@@ -264,6 +264,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
       allowNonLoopback: config.allowNonLoopback,
       agent,
       logger,
+      minDecryptionVersions: config.minDecryptionVersions,
       ...(keyApiToken === undefined ? {} : { bearerToken: keyApiToken }),
     });
   } catch (error) {

@@ -243,3 +243,30 @@ describe("agent configuration", () => {
     }
   });
 });
+
+describe("agent configuration: minimum decryption versions", () => {
+  it("reads name=version pairs, and none by default", () => {
+    expect(ok({}).minDecryptionVersions.size).toBe(0);
+    const config = ok({ SHIELD_MIN_DECRYPTION_VERSIONS: " orders-key=0123abcd , ledger=r2" });
+    expect([...config.minDecryptionVersions]).toEqual([
+      ["orders-key", "0123abcd"],
+      ["ledger", "r2"],
+    ]);
+  });
+
+  it("refuses anything else, naming the variable", () => {
+    for (const value of [
+      "orders",
+      "orders=",
+      "=v1",
+      "orders=v1=v2",
+      "orders=v1,orders=v2",
+      "or ders=v1",
+      "orders=../v1",
+    ]) {
+      expect(problems({ SHIELD_MIN_DECRYPTION_VERSIONS: value }).join("\n")).toMatch(
+        /^SHIELD_MIN_DECRYPTION_VERSIONS: expected comma-separated name=version pairs/,
+      );
+    }
+  });
+});
