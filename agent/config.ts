@@ -75,6 +75,8 @@ export interface AgentConfig {
   /** File holding the key API's bearer token; unset: no token is asked for. */
   readonly keyApiTokenFile?: string;
   readonly keyDir?: string;
+  /** False: the key API never answers with key material, only through the encryption routes. */
+  readonly serveKeys: boolean;
   /** Per key name, the oldest version the encryption API still decrypts; empty: every held version. */
   readonly minDecryptionVersions: ReadonlyMap<string, string>;
   readonly bus: {
@@ -434,6 +436,12 @@ export const AGENT_VARIABLES = {
       "File holding one bearer token (at least 32 characters, e.g. openssl rand -base64 48) that the key API then requires on every route but /healthz, for pods where another container must not read keys. Read at start; a shorter or malformed token stops the agent.",
     schema: path(undefined),
   },
+  SHIELD_SERVE_KEYS: {
+    default: "true",
+    meaning:
+      "false: GET /keys/{name} answers 403 key-export-disabled and no key leaves the agent; the application uses the encryption API (/v1/...) only. Cannot be combined with SHIELD_KEY_DIR.",
+    schema: flag(true),
+  },
   SHIELD_MIN_DECRYPTION_VERSIONS: {
     default: "unset (every held version decrypts)",
     meaning:
@@ -580,6 +588,7 @@ export function loadAgentConfig(env: Environment): ConfigResult {
       ? {}
       : { keyApiTokenFile: values.SHIELD_KEY_API_TOKEN_FILE }),
     ...(values.SHIELD_KEY_DIR === undefined ? {} : { keyDir: values.SHIELD_KEY_DIR }),
+    serveKeys: values.SHIELD_SERVE_KEYS,
     minDecryptionVersions: values.SHIELD_MIN_DECRYPTION_VERSIONS,
     bus: {
       transport: values.SHIELD_BUS,
@@ -614,6 +623,18 @@ export function loadAgentConfig(env: Environment): ConfigResult {
 }
 
 function crossFieldProblems(env: Environment): string[] {
+  return [...listenProblems(env), ...keyExportProblems(env)];
+}
+
+/** Key files are key material outside the agent: not while it is told to serve none. */
+function keyExportProblems(env: Environment): string[] {
+  const serve = AGENT_VARIABLES.SHIELD_SERVE_KEYS.schema.safeParse(env["SHIELD_SERVE_KEYS"]);
+  const keyDir = AGENT_VARIABLES.SHIELD_KEY_DIR.schema.safeParse(env["SHIELD_KEY_DIR"]);
+  if (!serve.success || !keyDir.success || serve.data || keyDir.data === undefined) return [];
+  return ["SHIELD_KEY_DIR: key files cannot be written while SHIELD_SERVE_KEYS=false"];
+}
+
+function listenProblems(env: Environment): string[] {
   const listen = AGENT_VARIABLES.SHIELD_LISTEN.schema.safeParse(env["SHIELD_LISTEN"]);
   const allow = AGENT_VARIABLES.SHIELD_ALLOW_NON_LOOPBACK.schema.safeParse(env["SHIELD_ALLOW_NON_LOOPBACK"]);
   if (!listen.success || !allow.success) return [];

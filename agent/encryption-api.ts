@@ -308,7 +308,9 @@ function readBody(request: IncomingMessage, limit: number): Promise<Buffer> {
       for (const seen of chunks) seen.fill(0);
       resolve(body);
     });
+    // Also how a client that goes away mid-body ends the wait (Node reports it as an error).
     request.on("error", (error) => {
+      for (const seen of chunks) seen.fill(0);
       if (!refused) reject(error);
     });
   });

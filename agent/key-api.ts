@@ -15,6 +15,10 @@
  * | `/readyz` | 200 only when the agent is trusted and holds a current version of every configured key; else 503 with what is missing |
  * | `POST /v1/{encrypt,decrypt,rewrap,hmac}/{name}` | encryption as a service: the key stays here (encryption-api.ts) |
  *
+ * With `serveKeyMaterial: false` (`SHIELD_SERVE_KEYS=false`) `/keys/{name}` answers 403
+ * `key-export-disabled` for every name: an application that only uses the encryption routes
+ * then cannot read a key even if it, or whoever controls it, asks.
+ *
  * Before any route (every route, `/status` and the probes included):
  * - 421 Misdirected Request unless `Host` names this API (TCP only, see {@link hostAllowed}): a
  *   web page whose DNS name was rebound to 127.0.0.1 makes the browser send its own name, and
@@ -80,6 +84,8 @@ export interface KeyApiOptions {
   readonly bearerToken?: Secret;
   /** Per key name, the oldest version the encryption routes still decrypt (SHIELD_MIN_DECRYPTION_VERSIONS). */
   readonly minDecryptionVersions?: MinimumVersions;
+  /** False: `/keys/{name}` never answers with key material (default true). */
+  readonly serveKeyMaterial?: boolean;
 }
 
 /** The `code` of every error body the key API sends. */
@@ -98,6 +104,7 @@ export type KeyApiErrorCode =
   | "headers-too-large"
   | "timeout"
   | "internal"
+  | "key-export-disabled"
   | EncryptionErrorCode;
 
 /** Shortest bearer token accepted: 32 characters of base64 carry 192 bits. */
@@ -145,7 +152,11 @@ export async function startKeyApi(options: KeyApiOptions): Promise<KeyApi> {
     };
     let outcome: number | Promise<number>;
     try {
-      outcome = handle({ agent, tcpPort, tokenDigest, operations }, request, response);
+      outcome = handle(
+        { agent, tcpPort, tokenDigest, operations, serveKeyMaterial: options.serveKeyMaterial !== false },
+        request,
+        response,
+      );
     } catch (error) {
       outcome = failed(error);
     }
@@ -246,6 +257,7 @@ interface RequestContext {
   /** SHA-256 of the bearer token, when one is required. */
   readonly tokenDigest: Buffer | undefined;
   readonly operations: KeyOperations;
+  readonly serveKeyMaterial: boolean;
 }
 
 function handle(
@@ -305,6 +317,13 @@ function handle(
   if (path === "/readyz") return readiness(agent, response);
   if (path === "/status") return sendJson(response, 200, agent.status());
   const match = /^\/keys\/([^/]+)$/.exec(path);
+  if (match !== null && !context.serveKeyMaterial) {
+    return sendJson(
+      response,
+      403,
+      errorBody("key-export-disabled", "this agent serves no key material; use the encryption API"),
+    );
+  }
   if (match !== null) return serveKey(agent, match[1]!, url.searchParams, request, response);
   return sendJson(response, 404, errorBody("not-found", "no such route"));
 }

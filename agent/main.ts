@@ -265,6 +265,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
       agent,
       logger,
       minDecryptionVersions: config.minDecryptionVersions,
+      serveKeyMaterial: config.serveKeys,
       ...(keyApiToken === undefined ? {} : { bearerToken: keyApiToken }),
     });
   } catch (error) {

@@ -78,6 +78,16 @@ class Refusal extends Error {
   }
 }
 
+/** A rewrap batch refused because of one row: which one. */
+class RewrapRefused extends ShieldApiError {
+  constructor(
+    cause: ShieldApiError,
+    readonly orderId: string,
+  ) {
+    super(cause.code, cause.status, cause.message, cause.item);
+  }
+}
+
 export async function createOrdersService(options: OrdersServiceOptions): Promise<OrdersService> {
   const { shield, keyName } = options;
   const log = options.log ?? (() => undefined);
@@ -139,7 +149,12 @@ export async function createOrdersService(options: OrdersServiceOptions): Promis
       do {
         rewrapAgain = false;
         await rewrapAll().catch((error: unknown) => {
-          log("rewrap stopped", { code: error instanceof ShieldApiError ? error.code : "error" });
+          // A row that does not verify stops the job (an integrity alarm, not something to skip);
+          // its id is not secret, its values are never logged.
+          log("rewrap stopped", {
+            code: error instanceof ShieldApiError ? error.code : "error",
+            ...(error instanceof RewrapRefused ? { orderId: error.orderId } : {}),
+          });
           if (error instanceof ShieldApiError) onAgentRefusal(error);
         });
       } while (rewrapAgain && !sealed && !closing);
@@ -155,7 +170,11 @@ export async function createOrdersService(options: OrdersServiceOptions): Promis
       if (sealed || closing || knownVersion === undefined) return;
       const rows = await store.notUnder(knownVersion, batchSize);
       if (rows.length === 0) break;
-      const rewrapped = await crypto.rewrap(rows);
+      const rewrapped = await crypto.rewrap(rows).catch((error: unknown) => {
+        const refusedRow =
+          error instanceof ShieldApiError && error.item !== undefined ? rows[error.item] : undefined;
+        throw refusedRow === undefined ? error : new RewrapRefused(error as ShieldApiError, refusedRow.id);
+      });
       const changed = await store.replace(
         rewrapped.map((order, index) => ({ from: rows[index]!.keyVersion, order })),
       );

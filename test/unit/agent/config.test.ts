@@ -270,3 +270,17 @@ describe("agent configuration: minimum decryption versions", () => {
     }
   });
 });
+
+describe("agent configuration: serving key material", () => {
+  it("serves keys by default; SHIELD_SERVE_KEYS=false turns it off, and refuses key files with it", () => {
+    expect(ok({}).serveKeys).toBe(true);
+    expect(ok({ SHIELD_SERVE_KEYS: "false" }).serveKeys).toBe(false);
+    expect(problems({ SHIELD_SERVE_KEYS: "no" }).join("\n")).toMatch(
+      /^SHIELD_SERVE_KEYS: expected true or false/,
+    );
+    expect(problems({ SHIELD_SERVE_KEYS: "false", SHIELD_KEY_DIR: "/run/keys" })).toEqual([
+      "SHIELD_KEY_DIR: key files cannot be written while SHIELD_SERVE_KEYS=false",
+    ]);
+    expect(ok({ SHIELD_SERVE_KEYS: "true", SHIELD_KEY_DIR: "/run/keys" }).keyDir).toBe("/run/keys");
+  });
+});

@@ -8,6 +8,7 @@
 import { createCipheriv, createHmac, generateKeyPairSync, randomBytes } from "node:crypto";
 import { request as httpRequest, type IncomingHttpHeaders, type OutgoingHttpHeaders } from "node:http";
 import { rm } from "node:fs/promises";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import type { AgentStatus } from "../../../agent/agent.js";
@@ -557,6 +558,31 @@ describe("encryption api: the key API's rules hold here too", () => {
     expect(right.status).toBe(200);
   });
 
+  it("a client that goes away mid-body leaves no request waiting", async () => {
+    const { source } = filled();
+    const logs: { message: string; fields?: LogFields }[] = [];
+    const api = await serve(source, {}, logs);
+    if (api.address.kind !== "tcp") throw new Error("not TCP");
+    const socket = connect(api.address.port, "127.0.0.1");
+    await new Promise((resolve) => socket.once("connect", resolve));
+    socket.write(
+      `POST /v1/encrypt/orders HTTP/1.1\r\nHost: 127.0.0.1:${api.address.port}\r\n` +
+        'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"plaintext":',
+    );
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    socket.destroy();
+    const deadline = Date.now() + 5_000;
+    while (!logs.some((line) => line.message === "key api request")) {
+      if (Date.now() > deadline) throw new Error("the request never ended");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    expect(logs.find((line) => line.message === "key api request")?.fields).toEqual({
+      method: "POST",
+      path: "/v1/encrypt/orders",
+      status: 400,
+    });
+  });
+
   it("logs method, path and status only", async () => {
     const { source, v1 } = filled();
     const logs: { message: string; fields?: LogFields }[] = [];
@@ -572,6 +598,29 @@ describe("encryption api: the key API's rules hold here too", () => {
     for (const form of ["hex", "base64", "base64url"] as const) expect(text).not.toContain(v1.toString(form));
     expect(text).not.toContain("carol");
     expect(text).not.toContain(ciphertext.slice(14, 40));
+  });
+});
+
+describe("encryption api: an agent that serves no key material", () => {
+  it("answers 403 key-export-disabled for every key, and still encrypts", async () => {
+    const { source, v1 } = filled();
+    const api = await serve(source, { serveKeyMaterial: false });
+    for (const path of ["/keys/orders", "/keys/orders?version=v1", "/keys/ledger", "/keys/payroll"]) {
+      const answer = await send(api, "GET", path, undefined);
+      expect(answer.status, path).toBe(403);
+      expect(answer.json.error).toEqual({
+        code: "key-export-disabled",
+        message: "this agent serves no key material; use the encryption API",
+      });
+      expect(answer.text).not.toContain(v1.toString("base64url"));
+    }
+    const ciphertext = await encrypt(api, "still works");
+    expect((await post(api, "/v1/decrypt/orders", { ciphertext })).json["plaintext"]).toBe(
+      b64("still works"),
+    );
+    // The default serves keys, as before.
+    const open = await serve(source);
+    expect((await fetch(`${open.url}/keys/orders`)).status).toBe(200);
   });
 });
 

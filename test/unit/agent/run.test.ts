@@ -334,7 +334,7 @@ describe("main: the default start", () => {
     }
   });
 
-  it("serves the encryption API with the minimum decryption versions SHIELD_MIN_DECRYPTION_VERSIONS names", async () => {
+  it("serves the encryption API with SHIELD_MIN_DECRYPTION_VERSIONS, and no key material with SHIELD_SERVE_KEYS=false", async () => {
     const agentId = "run-agent-min-version";
     const bus = new MemoryBus();
     const vault = new FakeVault();
@@ -342,16 +342,20 @@ describe("main: the default start", () => {
     const responder = startFakeResponder({ bus, vault, signer, control });
     const shutdown = new AbortController();
     let running: { agent: Agent; api: KeyApi } | undefined;
-    const exit = main([], env(agentId, { SHIELD_MIN_DECRYPTION_VERSIONS: "orders=v2" }), {
-      io: capture(),
-      select: { simulated: { platform } },
-      runtime: {
-        openBus: memoryBus(bus, agentId),
-        shutdown: shutdown.signal,
-        timing: FAST,
-        onRunning: (given) => (running = given),
+    const exit = main(
+      [],
+      env(agentId, { SHIELD_MIN_DECRYPTION_VERSIONS: "orders=v2", SHIELD_SERVE_KEYS: "false" }),
+      {
+        io: capture(),
+        select: { simulated: { platform } },
+        runtime: {
+          openBus: memoryBus(bus, agentId),
+          shutdown: shutdown.signal,
+          timing: FAST,
+          onRunning: (given) => (running = given),
+        },
       },
-    });
+    );
     const post = async (operation: string, body: unknown) => {
       const response = await fetch(`${running!.api.url}/v1/${operation}/orders`, {
         method: "POST",
@@ -362,6 +366,8 @@ describe("main: the default start", () => {
     };
     try {
       await until(() => running?.agent.keys.currentVersion("orders") === "v1");
+      // SHIELD_SERVE_KEYS=false: the key itself is not served.
+      expect((await fetch(`${running!.api.url}/keys/orders`)).status).toBe(403);
       // v2 is not installed yet: the current version (v1) still decrypts.
       const sealed = await post("encrypt", { plaintext: Buffer.from("under v1").toString("base64") });
       expect(sealed.status).toBe(200);
