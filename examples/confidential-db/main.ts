@@ -19,7 +19,7 @@ import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { createShieldClient } from "../../client/shield-client.js";
-import type { LocalPostgres } from "./local-postgres.js";
+import { startLocalPostgres, type LocalPostgres } from "./local-postgres.js";
 import { createOrdersService } from "./orders-service.js";
 
 export interface RunningOrders {
@@ -39,8 +39,6 @@ export async function runOrders(
   let local: LocalPostgres | undefined;
   let databaseUrl = env["DATABASE_URL"];
   if (options.localPostgres === true) {
-    // Loaded only here: the image has no PostgreSQL binaries, and needs none.
-    const { startLocalPostgres } = await import("./local-postgres.js");
     local = await startLocalPostgres();
     databaseUrl = local.url;
     log(`orders: PostgreSQL started on 127.0.0.1:${local.port}`);
