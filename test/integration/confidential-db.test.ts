@@ -387,6 +387,10 @@ describe("confidential database example", () => {
     expect(held?.version).toBe("v2");
     const material = held!.material;
     const sample = String((await rawRows())[0]!["customer_name"]);
+    // A second instance that reads the agent's status only at start: what seals it is the
+    // agent's 403 on its first call, not the poll.
+    const unpolled = await createOrdersService({ pool, shield, keyName: KEY, watchIntervalMs: 600_000 });
+    const unpolledUrl = await unpolled.listen();
     await keyEvent("revoked", "v2");
     await until(() => (agent.state().name === "revoked" ? true : undefined));
     expect(material.every((byte) => byte === 0)).toBe(true);
@@ -403,6 +407,16 @@ describe("confidential database example", () => {
       expect(JSON.stringify(answer.json)).not.toContain("Alice");
     }
     expect(service.state()).toBe("sealed");
+    try {
+      expect(unpolled.state()).toBe("open");
+      expect((await fetch(`${unpolledUrl}/cards/totals`)).status).toBe(503);
+      expect(unpolled.state()).toBe("sealed");
+      const sealed = await fetch(`${unpolledUrl}/orders/search`);
+      expect(sealed.status).toBe(503);
+      expect(await sealed.json()).toMatchObject({ error: { code: "sealed" } });
+    } finally {
+      await unpolled.close();
+    }
     // The encryption API refuses, with the agent's own code.
     await expect(shield.decrypt(KEY, sample, Buffer.from("x"))).rejects.toMatchObject({
       code: "revoked",
