@@ -64,5 +64,23 @@ export default tseslint.config(
       ],
     },
   },
+  {
+    // The client is what an application copies or imports: Node built-ins only. The examples use
+    // the package's public face (the client), never the agent's or the core's insides.
+    files: ["client/**/*.ts", "examples/**/*.ts"],
+    rules: {
+      "no-restricted-imports": [
+        "error",
+        {
+          patterns: [
+            {
+              group: ["**/functions/**", "**/agent/**", "**/core/**", "**/adapters/**", "**/local/**"],
+              message: "client/ and examples/ use only the client and public packages",
+            },
+          ],
+        },
+      ],
+    },
+  },
   prettier,
 );

@@ -15,6 +15,7 @@ import { isAbsolute } from "node:path";
 import { inspect } from "node:util";
 import { z } from "zod";
 import { IDENTIFIER_PATTERN, KEY_NAME_PATTERN, MAX_KEYS_PER_REQUEST } from "../core/messages/index.js";
+import { KEY_VERSION_PATTERN } from "../core/messages/fields.js";
 import { DEFAULT_SIDECAR_URL } from "./evidence/azure-sidecar.js";
 import { DEFAULT_TSM_ROOT } from "./evidence/configfs-tsm.js";
 import { DEFAULT_GRAMINE_ROOT } from "./evidence/gramine.js";
@@ -74,6 +75,10 @@ export interface AgentConfig {
   /** File holding the key API's bearer token; unset: no token is asked for. */
   readonly keyApiTokenFile?: string;
   readonly keyDir?: string;
+  /** False: the key API never answers with key material, only through the encryption routes. */
+  readonly serveKeys: boolean;
+  /** Per key name, the oldest version the encryption API still decrypts; empty: every held version. */
+  readonly minDecryptionVersions: ReadonlyMap<string, string>;
   readonly bus: {
     readonly transport: BusTransport;
     readonly serviceBusNamespace?: string;
@@ -134,6 +139,26 @@ function integer(min: number, max: number, fallback: number | undefined) {
     return parsed;
   });
 }
+
+/** `name=version,...`: one minimum per key name, each a Key Vault key name and version. */
+const minimumVersions = raw.transform((value, ctx): ReadonlyMap<string, string> => {
+  const pairs = new Map<string, string>();
+  if (unset(value)) return pairs;
+  for (const part of value!.split(",")) {
+    const [name = "", version = "", ...rest] = part.trim().split("=");
+    if (
+      !KEY_NAME_PATTERN.test(name) ||
+      !KEY_VERSION_PATTERN.test(version) ||
+      rest.length > 0 ||
+      pairs.has(name)
+    ) {
+      ctx.addIssue({ code: "custom", message: "comma-separated name=version pairs, one per key name" });
+      return z.NEVER;
+    }
+    pairs.set(name, version);
+  }
+  return pairs;
+});
 
 function flag(fallback: boolean) {
   return raw.transform((value, ctx): boolean => {
@@ -411,6 +436,18 @@ export const AGENT_VARIABLES = {
       "File holding one bearer token (at least 32 characters, e.g. openssl rand -base64 48) that the key API then requires on every route but /healthz, for pods where another container must not read keys. Read at start; a shorter or malformed token stops the agent.",
     schema: path(undefined),
   },
+  SHIELD_SERVE_KEYS: {
+    default: "true",
+    meaning:
+      "false: GET /keys/{name} answers 403 key-export-disabled and no key leaves the agent; the application uses the encryption API (/v1/...) only. Cannot be combined with SHIELD_KEY_DIR.",
+    schema: flag(true),
+  },
+  SHIELD_MIN_DECRYPTION_VERSIONS: {
+    default: "unset (every held version decrypts)",
+    meaning:
+      "Comma-separated name=version pairs: the encryption API (/v1/decrypt, /v1/rewrap) refuses ciphertext of that key under versions installed before this one (403 version-retired); while the version is not installed, only the current one decrypts.",
+    schema: minimumVersions,
+  },
   SHIELD_KEY_DIR: {
     default: "unset",
     meaning: "Also write released keys as files here, for apps that read files; use a tmpfs.",
@@ -551,6 +588,8 @@ export function loadAgentConfig(env: Environment): ConfigResult {
       ? {}
       : { keyApiTokenFile: values.SHIELD_KEY_API_TOKEN_FILE }),
     ...(values.SHIELD_KEY_DIR === undefined ? {} : { keyDir: values.SHIELD_KEY_DIR }),
+    serveKeys: values.SHIELD_SERVE_KEYS,
+    minDecryptionVersions: values.SHIELD_MIN_DECRYPTION_VERSIONS,
     bus: {
       transport: values.SHIELD_BUS,
       ...(values.SHIELD_SERVICEBUS_NAMESPACE === undefined
@@ -584,6 +623,18 @@ export function loadAgentConfig(env: Environment): ConfigResult {
 }
 
 function crossFieldProblems(env: Environment): string[] {
+  return [...listenProblems(env), ...keyExportProblems(env)];
+}
+
+/** Key files are key material outside the agent: not while it is told to serve none. */
+function keyExportProblems(env: Environment): string[] {
+  const serve = AGENT_VARIABLES.SHIELD_SERVE_KEYS.schema.safeParse(env["SHIELD_SERVE_KEYS"]);
+  const keyDir = AGENT_VARIABLES.SHIELD_KEY_DIR.schema.safeParse(env["SHIELD_KEY_DIR"]);
+  if (!serve.success || !keyDir.success || serve.data || keyDir.data === undefined) return [];
+  return ["SHIELD_KEY_DIR: key files cannot be written while SHIELD_SERVE_KEYS=false"];
+}
+
+function listenProblems(env: Environment): string[] {
   const listen = AGENT_VARIABLES.SHIELD_LISTEN.schema.safeParse(env["SHIELD_LISTEN"]);
   const allow = AGENT_VARIABLES.SHIELD_ALLOW_NON_LOOPBACK.schema.safeParse(env["SHIELD_ALLOW_NON_LOOPBACK"]);
   if (!listen.success || !allow.success) return [];

@@ -64,6 +64,11 @@ export interface HeldKeysView {
   /** True when `version` of `name` (any version when omitted) was wiped because it was revoked. */
   wasRevoked(name: string, version?: string): boolean;
   summary(): HeldKeySummary[];
+  /**
+   * The versions of `name` installed in this process, oldest first (held or not, at most
+   * {@link REMEMBERED_VERSIONS_PER_KEY}): the only order Key Vault's versions have here.
+   */
+  installOrder(name: string): readonly string[];
   /** Versions held across all keys. */
   readonly size: number;
 }
@@ -208,6 +213,10 @@ export class HeldKeys implements HeldKeysView {
       current: entry.current,
       versions: [...entry.versions.keys()].reverse(),
     }));
+  }
+
+  installOrder(name: string): readonly string[] {
+    return [...(this.#installed.get(name) ?? [])];
   }
 
   get size(): number {

@@ -13,6 +13,11 @@
  * | `/status` | agent id, state, reason, `attestedUntil`, provider, runtime key id, configured keys and held names and versions — never material |
  * | `/healthz` | 200 while the process serves requests |
  * | `/readyz` | 200 only when the agent is trusted and holds a current version of every configured key; else 503 with what is missing |
+ * | `POST /v1/{encrypt,decrypt,rewrap,hmac}/{name}` | encryption as a service: the key stays here (encryption-api.ts) |
+ *
+ * With `serveKeyMaterial: false` (`SHIELD_SERVE_KEYS=false`) `/keys/{name}` answers 403
+ * `key-export-disabled` for every name: an application that only uses the encryption routes
+ * then cannot read a key even if it, or whoever controls it, asks.
  *
  * Before any route (every route, `/status` and the probes included):
  * - 421 Misdirected Request unless `Host` names this API (TCP only, see {@link hostAllowed}): a
@@ -56,6 +61,8 @@ import type { AgentStatus } from "./agent.js";
 import { Secret, isLoopback, type ListenAddress } from "./config.js";
 import type { HeldKeyVersion, HeldKeysView } from "./held-keys.js";
 import { keyContentType, keyFileBytes, keyJson } from "./key-format.js";
+import { KeyOperations, type MinimumVersions } from "./encryption.js";
+import { answerEncryption, encryptionRoute, type EncryptionErrorCode } from "./encryption-api.js";
 
 /** What the API reads from the agent. */
 export interface KeySource {
@@ -75,6 +82,10 @@ export interface KeyApiOptions {
    * {@link MIN_BEARER_TOKEN_LENGTH} characters (see {@link readKeyApiToken}).
    */
   readonly bearerToken?: Secret;
+  /** Per key name, the oldest version the encryption routes still decrypt (SHIELD_MIN_DECRYPTION_VERSIONS). */
+  readonly minDecryptionVersions?: MinimumVersions;
+  /** False: `/keys/{name}` never answers with key material (default true). */
+  readonly serveKeyMaterial?: boolean;
 }
 
 /** The `code` of every error body the key API sends. */
@@ -92,7 +103,9 @@ export type KeyApiErrorCode =
   | "not-ready"
   | "headers-too-large"
   | "timeout"
-  | "internal";
+  | "internal"
+  | "key-export-disabled"
+  | EncryptionErrorCode;
 
 /** Shortest bearer token accepted: 32 characters of base64 carry 192 bits. */
 export const MIN_BEARER_TOKEN_LENGTH = 32;
@@ -120,23 +133,35 @@ export async function startKeyApi(options: KeyApiOptions): Promise<KeyApi> {
   const log = options.logger ?? silentLogger;
   checkListen(listen, options.allowNonLoopback === true);
   const tokenDigest = options.bearerToken === undefined ? undefined : bearerTokenDigest(options.bearerToken);
+  const operations = new KeyOperations(agent.keys, options.minDecryptionVersions);
   // Set once listening (before any connection is accepted); undefined for a Unix socket.
   let tcpPort: number | undefined;
 
   // Without a Host header Node would answer 400 itself; the Host check answers 421 instead.
   const server = createServer({ requireHostHeader: false }, (request, response) => {
-    let status = 500;
-    try {
-      status = handle({ agent, tcpPort, tokenDigest }, request, response);
-    } catch (error) {
-      status = 500;
+    const failed = (error: unknown): number => {
       if (!response.headersSent) sendJson(response, 500, errorBody("internal", "internal error"));
       else response.destroy();
       log("error", "key api failure", { code: error instanceof ShieldError ? error.code : "Error" });
+      return 500;
+    };
+    const logged = (status: number): void => {
+      const path = pathOf(request.url);
+      const probe = path === "/healthz" || path === "/readyz";
+      log(probe ? "debug" : "info", "key api request", { method: request.method ?? "", path, status });
+    };
+    let outcome: number | Promise<number>;
+    try {
+      outcome = handle(
+        { agent, tcpPort, tokenDigest, operations, serveKeyMaterial: options.serveKeyMaterial !== false },
+        request,
+        response,
+      );
+    } catch (error) {
+      outcome = failed(error);
     }
-    const path = pathOf(request.url);
-    const probe = path === "/healthz" || path === "/readyz";
-    log(probe ? "debug" : "info", "key api request", { method: request.method ?? "", path, status });
+    if (typeof outcome === "number") logged(outcome);
+    else void outcome.catch(failed).then(logged);
   });
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Socket) => {
     const status = clientErrorStatus(error.code);
@@ -231,12 +256,18 @@ interface RequestContext {
   readonly tcpPort: number | undefined;
   /** SHA-256 of the bearer token, when one is required. */
   readonly tokenDigest: Buffer | undefined;
+  readonly operations: KeyOperations;
+  readonly serveKeyMaterial: boolean;
 }
 
-function handle(context: RequestContext, request: IncomingMessage, response: ServerResponse): number {
+function handle(
+  context: RequestContext,
+  request: IncomingMessage,
+  response: ServerResponse,
+): number | Promise<number> {
   const { agent, tcpPort, tokenDigest } = context;
-  // Bodies are never read: nothing here takes input beyond the path and the query.
-  request.resume();
+  // Only the encryption routes read a body; every other one is discarded unread.
+  if (!(request.url ?? "").startsWith("/v1/")) request.resume();
   if (tcpPort !== undefined && !hostAllowed(request, tcpPort)) {
     return sendJson(response, 421, errorBody("misdirected", "the Host header does not name this key API"));
   }
@@ -263,6 +294,21 @@ function handle(context: RequestContext, request: IncomingMessage, response: Ser
       );
     }
   }
+  const encryption = encryptionRoute(path);
+  if (encryption !== undefined) {
+    if (request.method !== "POST") {
+      request.resume();
+      response.setHeader("Allow", "POST");
+      return sendJson(response, 405, errorBody("method-not-allowed", "only POST is served here"));
+    }
+    const source = { configuredKeys: agent.configuredKeys, state: () => agent.status().state };
+    return answerEncryption(source, context.operations, encryption, request).then((answer) => {
+      for (const [name, value] of Object.entries(answer.headers ?? {})) response.setHeader(name, value);
+      return sendJson(response, answer.status, answer.body);
+    });
+  }
+  request.resume();
+  if (path.startsWith("/v1/")) return sendJson(response, 404, errorBody("not-found", "no such route"));
   if (request.method !== "GET") {
     response.setHeader("Allow", "GET");
     return sendJson(response, 405, errorBody("method-not-allowed", "only GET is served"));
@@ -271,6 +317,13 @@ function handle(context: RequestContext, request: IncomingMessage, response: Ser
   if (path === "/readyz") return readiness(agent, response);
   if (path === "/status") return sendJson(response, 200, agent.status());
   const match = /^\/keys\/([^/]+)$/.exec(path);
+  if (match !== null && !context.serveKeyMaterial) {
+    return sendJson(
+      response,
+      403,
+      errorBody("key-export-disabled", "this agent serves no key material; use the encryption API"),
+    );
+  }
   if (match !== null) return serveKey(agent, match[1]!, url.searchParams, request, response);
   return sendJson(response, 404, errorBody("not-found", "no such route"));
 }

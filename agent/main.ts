@@ -264,6 +264,8 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
       allowNonLoopback: config.allowNonLoopback,
       agent,
       logger,
+      minDecryptionVersions: config.minDecryptionVersions,
+      serveKeyMaterial: config.serveKeys,
       ...(keyApiToken === undefined ? {} : { bearerToken: keyApiToken }),
     });
   } catch (error) {

@@ -57,6 +57,24 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** One encrypt and decrypt through the bundled agent's encryption API; throws unless it round trips. */
+async function encryptionRoundTrip(base: string): Promise<void> {
+  const post = async (operation: string, body: unknown): Promise<Record<string, unknown>> => {
+    const response = await fetch(`${base}/v1/${operation}/bench-key`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (response.status !== 200)
+      throw new Error(`the bundled agent answered ${operation} with ${response.status}`);
+    return (await response.json()) as Record<string, unknown>;
+  };
+  const plaintext = Buffer.from("bench round trip").toString("base64");
+  const sealed = await post("encrypt", { plaintext });
+  const opened = await post("decrypt", { ciphertext: sealed["ciphertext"] });
+  if (opened["plaintext"] !== plaintext) throw new Error("the bundled agent's decryption did not round trip");
+}
+
 async function rss(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   const kb = /VmRSS:\s+(\d+) kB/.exec(status)?.[1];
@@ -168,6 +186,8 @@ export async function benchAgent(
     await sleep(settleMs);
     // Steady state: the app reads its key now and then; memory after that settles.
     for (let i = 0; i < 20; i++) await (await fetch(`http://127.0.0.1:${port}/keys/bench-key`)).arrayBuffer();
+    // And the encryption API answers from the bundle under the image's flags, round trip included.
+    await encryptionRoundTrip(`http://127.0.0.1:${port}`);
     await sleep(1_000);
     const agentRssBytes = await rss(agent.pid!);
     return {

@@ -12,6 +12,7 @@ import { createMaaTokenIssuer, staticSigningKeys, validateMaaToken } from "../co
 import { compare, formatComparison, type Comparison } from "./harness.js";
 import { benchAttest, formatAttestBench } from "./attest.js";
 import { benchAgent, formatAgentBench } from "./agent.js";
+import { benchEncryption, formatEncryptionBench } from "./encryption.js";
 
 const TARGET_RATIO = 0.9;
 
@@ -82,6 +83,10 @@ async function snpVerification(): Promise<Comparison> {
 
 async function main(): Promise<void> {
   console.log(`Node ${process.version}, ${new Date().toISOString()}\n`);
+  if (process.argv.includes("--encryption")) {
+    console.log(formatEncryptionBench(await benchEncryption()) + "\n");
+    return;
+  }
   const results = [await tokenValidation(), await snpVerification()];
   for (const r of results) console.log(formatComparison(r) + "\n");
   console.log(formatComparison(await control()) + "\n");
@@ -93,6 +98,7 @@ async function main(): Promise<void> {
   console.log(formatAttestBench(attestBench) + "\n");
   const agentBench = await benchAgent();
   console.log(formatAgentBench(agentBench) + "\n");
+  console.log(formatEncryptionBench(await benchEncryption()) + "\n");
   if (attestBench.releasesPerTrusted !== attestBench.keysPerRequest || attestBench.releasesPerDenied !== 0) {
     console.log("Key Vault calls per attestation are not exactly one release per key (and none on denial).");
     process.exitCode = 1;

@@ -81,6 +81,16 @@ const CODES = {
   ERR_RELEASE_RESPONSE_MALFORMED: { transient: false },
   ERR_RELEASE_RESPONSE_SIGNATURE: { transient: false },
   ERR_RELEASE_RESPONSE_NONCE: { transient: false },
+  // the agent's encryption API (keys stay in the agent; see agent/encryption.ts)
+  ERR_CIPHERTEXT_MALFORMED: { transient: false },
+  /** Tampered ciphertext, or other associated data than at encryption: indistinguishable on purpose. */
+  ERR_CIPHERTEXT_INTEGRITY: { transient: false },
+  ERR_KEY_VERSION_UNKNOWN: { transient: false },
+  ERR_KEY_VERSION_REVOKED: { transient: false },
+  /** Older than the minimum decryption version configured for the key. */
+  ERR_KEY_VERSION_RETIRED: { transient: false },
+  /** Not a 256-bit symmetric key: only those encrypt, decrypt and derive blind-index keys. */
+  ERR_KEY_UNSUPPORTED: { transient: false },
   // I/O at the edges
   ERR_IO: { transient: false },
   ERR_NETWORK: { transient: true },

@@ -10,7 +10,8 @@
  *
  * The agent serves the released key to the app on its loopback key API (127.0.0.1:8280).
  * `--once` stops after the round trip (used by the tests); otherwise it keeps serving until
- * Ctrl-C.
+ * Ctrl-C. `--with-example db` also runs the confidential-database example
+ * (examples/confidential-db) against the agent, on a PostgreSQL server of its own.
  */
 import { createHash } from "node:crypto";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -27,6 +28,10 @@ import { renderReleasePolicy, serializeReleasePolicy } from "../core/policy/inde
 import type { Logger } from "../core/ports/logger.js";
 import { composition, resetComposition } from "../functions/composition/root.js";
 import { main as agentMain } from "../agent/main.js";
+import { runOrders } from "../examples/confidential-db/main.js";
+
+/** Examples `npm start -- --with-example <name>` can run beside the agent. */
+export const EXAMPLES = ["db"] as const;
 
 export interface EmbeddedOptions {
   readonly once?: boolean;
@@ -34,6 +39,10 @@ export interface EmbeddedOptions {
   readonly verbose?: boolean;
   /** The agent's key API address (default 127.0.0.1:8280). */
   readonly listen?: string;
+  /** Also run this example against the agent. */
+  readonly withExample?: (typeof EXAMPLES)[number];
+  /** Port of the example's service (default 8080; 0: any free port). */
+  readonly examplePort?: number;
 }
 
 /** The demo workload's confidential-container policy; its sha256 is the measurement (hostData). */
@@ -63,6 +72,8 @@ async function loadAttestFunction(): Promise<QueueFunctionHandler> {
 
 export interface EmbeddedRun {
   readonly released: { name: string; version: string; bytes: number }[];
+  /** The example's service URL, when one was asked for. */
+  readonly exampleUrl?: string;
   stop(): Promise<void>;
 }
 
@@ -207,18 +218,50 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
     print(
       "Round trip complete: evidence → MAA-compatible token → release policy → key wrapped to the enclave key.",
     );
+    const exampleUrl = options.withExample === "db" ? await startDbExample(keyApiUrl) : undefined;
     if (!options.once) print("Serving; press Ctrl-C to stop.");
-    return { released, stop };
+    return { released, stop, ...(exampleUrl === undefined ? {} : { exampleUrl }) };
   } catch (error) {
     await stop();
     throw error;
+  }
+
+  async function startDbExample(keyApiUrl: string): Promise<string> {
+    print("Example: the orders service over a local PostgreSQL, encrypting through the agent's API");
+    const orders = await runOrders(
+      {
+        SHIELD_API_URL: keyApiUrl,
+        ORDERS_KEY_NAME: DEMO_KEY,
+        ORDERS_PORT: String(options.examplePort ?? 8080),
+        ORDERS_WATCH_SECONDS: "2",
+      },
+      { localPostgres: true, log: (line) => (line.startsWith("orders:") ? print(`  ${line}`) : undefined) },
+    );
+    stops.push(() => orders.stop());
+    print(
+      `  try: curl -s -X POST -H 'content-type: application/json' -d '{"customerEmail":"alice@example.com","customerName":"Alice","cardNumber":"4111 1111 1111 1111","amountCents":1299}' ${orders.url}/orders`,
+    );
+    print(
+      `       curl -s '${orders.url}/orders?email=alice@example.com' ; curl -s ${orders.url}/cards/totals`,
+    );
+    return orders.url;
   }
 }
 
 const entry = process.argv[1];
 if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
   const once = process.argv.includes("--once");
-  runEmbedded({ once, verbose: process.argv.includes("--verbose") }).then(
+  const flag = process.argv.findIndex((arg) => arg === "--with-example" || arg.startsWith("--with-example="));
+  const example = flag === -1 ? undefined : (process.argv[flag]!.split("=")[1] ?? process.argv[flag + 1]);
+  if (example !== undefined && !(EXAMPLES as readonly string[]).includes(example)) {
+    process.stderr.write(`error: --with-example takes one of ${EXAMPLES.join(", ")}\n`);
+    process.exit(2);
+  }
+  runEmbedded({
+    once,
+    verbose: process.argv.includes("--verbose"),
+    ...(example === undefined ? {} : { withExample: example as (typeof EXAMPLES)[number] }),
+  }).then(
     async (run) => {
       if (once) {
         await run.stop();

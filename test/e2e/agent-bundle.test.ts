@@ -1,7 +1,8 @@
 /**
  * The agent as its image runs it: the esbuild bundle in a separate `node` process with the image's
  * flags (among them `--jitless`, under which there is no WebAssembly and so no `fetch`), against
- * the local stack. It must reach `ready`; how fast and how small is the benchmark's business.
+ * the local stack. It must reach `ready` and round trip a value through its encryption API; how
+ * fast and how small is the benchmark's business.
  */
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";

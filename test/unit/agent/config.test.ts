@@ -243,3 +243,44 @@ describe("agent configuration", () => {
     }
   });
 });
+
+describe("agent configuration: minimum decryption versions", () => {
+  it("reads name=version pairs, and none by default", () => {
+    expect(ok({}).minDecryptionVersions.size).toBe(0);
+    const config = ok({ SHIELD_MIN_DECRYPTION_VERSIONS: " orders-key=0123abcd , ledger=r2" });
+    expect([...config.minDecryptionVersions]).toEqual([
+      ["orders-key", "0123abcd"],
+      ["ledger", "r2"],
+    ]);
+  });
+
+  it("refuses anything else, naming the variable", () => {
+    for (const value of [
+      "orders",
+      "orders=",
+      "=v1",
+      "orders=v1=v2",
+      "orders=v1,orders=v2",
+      "or ders=v1",
+      "orders=../v1",
+    ]) {
+      expect(problems({ SHIELD_MIN_DECRYPTION_VERSIONS: value }).join("\n")).toMatch(
+        /^SHIELD_MIN_DECRYPTION_VERSIONS: expected comma-separated name=version pairs/,
+      );
+    }
+  });
+});
+
+describe("agent configuration: serving key material", () => {
+  it("serves keys by default; SHIELD_SERVE_KEYS=false turns it off, and refuses key files with it", () => {
+    expect(ok({}).serveKeys).toBe(true);
+    expect(ok({ SHIELD_SERVE_KEYS: "false" }).serveKeys).toBe(false);
+    expect(problems({ SHIELD_SERVE_KEYS: "no" }).join("\n")).toMatch(
+      /^SHIELD_SERVE_KEYS: expected true or false/,
+    );
+    expect(problems({ SHIELD_SERVE_KEYS: "false", SHIELD_KEY_DIR: "/run/keys" })).toEqual([
+      "SHIELD_KEY_DIR: key files cannot be written while SHIELD_SERVE_KEYS=false",
+    ]);
+    expect(ok({ SHIELD_SERVE_KEYS: "true", SHIELD_KEY_DIR: "/run/keys" }).keyDir).toBe("/run/keys");
+  });
+});

@@ -17,6 +17,7 @@ import {
   type SimulatedSnpPlatform,
 } from "../../../core/evidence/simulated/sevsnp.js";
 import type { ReleaseResponseSigner } from "../../../core/keywrap/index.js";
+import { makeKeyEvent } from "../../../core/messages/index.js";
 import { createTestControlPlane, type TestControlPlane } from "../../support/control.js";
 import { tempDir } from "./fakes.js";
 import { FAKE_VAULT, FakeVault, makeSigner, startFakeResponder } from "./responder.js";
@@ -330,6 +331,63 @@ describe("main: the default start", () => {
       expect(code).toBe(EXIT_CODES.config);
       expect(io.err.join("\n")).toContain(`${name}: required`);
       expect(opened).toBe(false);
+    }
+  });
+
+  it("serves the encryption API with SHIELD_MIN_DECRYPTION_VERSIONS, and no key material with SHIELD_SERVE_KEYS=false", async () => {
+    const agentId = "run-agent-min-version";
+    const bus = new MemoryBus();
+    const vault = new FakeVault();
+    vault.addOct("orders", "v1", randomBytes(32));
+    const responder = startFakeResponder({ bus, vault, signer, control });
+    const shutdown = new AbortController();
+    let running: { agent: Agent; api: KeyApi } | undefined;
+    const exit = main(
+      [],
+      env(agentId, { SHIELD_MIN_DECRYPTION_VERSIONS: "orders=v2", SHIELD_SERVE_KEYS: "false" }),
+      {
+        io: capture(),
+        select: { simulated: { platform } },
+        runtime: {
+          openBus: memoryBus(bus, agentId),
+          shutdown: shutdown.signal,
+          timing: FAST,
+          onRunning: (given) => (running = given),
+        },
+      },
+    );
+    const post = async (operation: string, body: unknown) => {
+      const response = await fetch(`${running!.api.url}/v1/${operation}/orders`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      return { status: response.status, json: (await response.json()) as Record<string, unknown> };
+    };
+    try {
+      await until(() => running?.agent.keys.currentVersion("orders") === "v1");
+      // SHIELD_SERVE_KEYS=false: the key itself is not served.
+      expect((await fetch(`${running!.api.url}/keys/orders`)).status).toBe(403);
+      // v2 is not installed yet: the current version (v1) still decrypts.
+      const sealed = await post("encrypt", { plaintext: Buffer.from("under v1").toString("base64") });
+      expect(sealed.status).toBe(200);
+      const ciphertext = sealed.json["ciphertext"] as string;
+      expect((await post("decrypt", { ciphertext })).status).toBe(200);
+      vault.addOct("orders", "v2", randomBytes(32));
+      await responder.send(
+        makeKeyEvent({ agentId, event: "rotated", keyName: "orders", keyVersion: "v2", sentAt: new Date() }),
+      );
+      await until(() => running!.agent.keys.currentVersion("orders") === "v2");
+      // v1 is still held, but below the configured minimum.
+      expect(running!.agent.keys.get("orders", "v1")).toBeDefined();
+      const refused = await post("decrypt", { ciphertext });
+      expect(refused.status).toBe(403);
+      expect(refused.json).toMatchObject({ error: { code: "version-retired" } });
+    } finally {
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      await responder.stop();
+      await bus.close();
     }
   });
 
