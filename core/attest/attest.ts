@@ -54,6 +54,7 @@ import { changeAgent } from "../state/agents.js";
 import { validateMaaToken, type SigningKeyResolver, type ValidatedMaaToken } from "../token/index.js";
 import { pemToDerList } from "../x509/certificate.js";
 import { createChallengeIssuer, type ChallengeConfig } from "./challenge.js";
+import type { AppraisalPolicySource } from "../rollout/appraisal-source.js";
 
 export interface AttestPorts {
   /** The attestation service, already wrapped with `retrying()` for transient failures. */
@@ -68,6 +69,8 @@ export interface AttestPorts {
   readonly clock: Clock;
   readonly random: Random;
   readonly logger: Logger;
+  /** The appraisal policy held in state (DESIGN §9); `config.appraisal` when absent. */
+  readonly appraisalPolicies?: AppraisalPolicySource;
 }
 
 export interface AttestConfig extends ChallengeConfig {
@@ -537,7 +540,8 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
 
   async function appraise(ctx: AttestContext): Promise<void> {
     const validated = ctx.validated!;
-    assertAppraised(appraiseClaims(validated.claims, config.appraisal));
+    const policy = (await ports.appraisalPolicies?.policyFor(ctx.request)) ?? config.appraisal;
+    assertAppraised(appraiseClaims(validated.claims, policy));
     ctx.measurement = measurementOf(ctx.request, validated);
     await consumeChallenge(ctx.request);
   }

@@ -9,11 +9,14 @@ import { createAttestHandler, type AttestDelivery, type AttestOutcome } from "..
 import type { Logger } from "../../core/ports/logger.js";
 import type { AgentChannel } from "../../core/ports/bus.js";
 import type { StateStore } from "../../core/ports/state.js";
+import type { PolicyStateStore } from "../../core/ports/policy-state.js";
 import { systemClock, systemRandom } from "../../core/ports/clock.js";
 import { createControlChannel } from "../../core/control/signed.js";
 import { retrying, type RetryPolicy } from "../../core/retry.js";
 import { createCachedSigningKeys } from "../../core/token/index.js";
 import { readSettings, type FunctionsSettings } from "./settings.js";
+import { createAppraisalPolicySource } from "../../core/rollout/appraisal-source.js";
+import { buildRolloutHandlers, type RolloutHandlers } from "./rollout.js";
 
 /** Retries inside one invocation: a few quick attempts; redelivery does the rest. */
 const INVOCATION_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };
@@ -27,6 +30,8 @@ export type AttestHandler = (
 export interface Composition {
   readonly settings: FunctionsSettings;
   readonly attest: AttestHandler;
+  /** Deployments, policy updates and retirement (rollout.ts). */
+  readonly rollout: RolloutHandlers;
   close(): Promise<void>;
 }
 
@@ -52,6 +57,26 @@ async function buildState(
         connectionString: s.connectionString,
       })
     : createTableStateStore({
+        tableName: s.table,
+        createTable: s.createTable,
+        endpoint: s.endpoint,
+        credential: await credential(),
+      });
+}
+
+async function buildPolicyState(
+  settings: FunctionsSettings,
+  credential: () => Promise<TokenCredentialLike>,
+): Promise<PolicyStateStore> {
+  const { createTablePolicyStateStore } = await import("../../adapters/state/policy-table.js");
+  const s = settings.state;
+  return s.kind === "connection-string"
+    ? createTablePolicyStateStore({
+        tableName: s.table,
+        createTable: s.createTable,
+        connectionString: s.connectionString,
+      })
+    : createTablePolicyStateStore({
         tableName: s.table,
         createTable: s.createTable,
         endpoint: s.endpoint,
@@ -102,6 +127,7 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
   }
   const keys = createKeyVaultKeyStore({ vaultUrl: settings.keyVaultUrl, credential: keyVaultCredential });
   const state = await buildState(settings, credential);
+  const policyState = retrying(await buildPolicyState(settings, credential), INVOCATION_RETRY);
   const agents = await buildAgentChannel(settings, credential);
   const { createKeyVaultControlSigner } = await import("../../adapters/keyvault/control-signer.js");
   const controlSigner = createKeyVaultControlSigner({
@@ -131,6 +157,7 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
       clock: systemClock,
       random: systemRandom,
       logger: logs.logger,
+      appraisalPolicies: createAppraisalPolicySource(policyState, settings.appraisal),
     },
     {
       issuer: settings.maaEndpoint,
@@ -142,9 +169,17 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
       challengeSeconds: settings.challengeSeconds,
     },
   );
+  const rollout = await buildRolloutHandlers(settings, {
+    keys: retrying(keys, INVOCATION_RETRY),
+    state: retrying(state, INVOCATION_RETRY),
+    policyState,
+    keyVaultCredential,
+    logger: logs.logger,
+  });
   return {
     settings,
     attest: (body, delivery, logger) => logs.use(logger, () => handle(body, delivery)),
+    rollout,
     close: () => agents.close(),
   };
 }
