@@ -1,11 +1,12 @@
 /**
  * The deployment side of the composition: the webhook (its authenticator, with the HMAC key
  * read from Key Vault secrets and pipeline tokens checked against the issuer's JWKS), the
- * rollout use case for the policy-update queue and the retirement timer, built once per process
- * over the adapters the root already made.
+ * rollout use case for the policy-update queue and the retirement timer, and the status
+ * snapshot, built once per process over the adapters the root already made.
  */
 import { createRemoteJWKSet } from "jose";
 import { ShieldError } from "../../core/errors.js";
+import { retrying, type RetryPolicy } from "../../core/retry.js";
 import { createAuthenticator } from "../../core/deploy/authenticate.js";
 import { createDeploymentsHandler, errorAnswer, type HttpAnswer } from "../../core/deploy/deployments.js";
 import type { PolicyUpdate } from "../../core/messages/index.js";
@@ -15,8 +16,12 @@ import type { Logger } from "../../core/ports/logger.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
 import type { StateStore } from "../../core/ports/state.js";
 import { createRollout, type RetirementReport } from "../../core/rollout/rollout.js";
+import { readStatus, type StatusSnapshot } from "../../core/status/status.js";
 import type { DeployHttpRequest } from "./http.js";
 import type { FunctionsSettings } from "./settings.js";
+
+/** Retries inside one invocation for the audit writes; redelivery does the rest. */
+const ROLLOUT_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };
 
 interface TokenCredentialLike {
   getToken(scopes: string | string[]): Promise<{ token: string; expiresOnTimestamp: number } | null>;
@@ -30,6 +35,8 @@ export interface RolloutHandlers {
   getDeployment(deploymentId: string): Promise<HttpAnswer>;
   applyPolicyUpdate(message: PolicyUpdate): Promise<void>;
   retireDue(): Promise<RetirementReport>;
+  /** The status snapshot (core/status). */
+  status(): Promise<StatusSnapshot>;
 }
 
 export async function buildRolloutHandlers(
@@ -47,7 +54,7 @@ export async function buildRolloutHandlers(
     {
       keys: ports.keys,
       policyState: ports.policyState,
-      state: ports.state,
+      state: retrying(ports.state, ROLLOUT_RETRY),
       clock: systemClock,
       random: systemRandom,
       logger: ports.logger,
@@ -103,5 +110,12 @@ export async function buildRolloutHandlers(
       await rollout.applyPolicyUpdate(message);
     },
     retireDue: () => rollout.retireDue(),
+    status: () =>
+      readStatus({
+        state: ports.state,
+        keys: ports.keys,
+        policyState: ports.policyState,
+        clock: systemClock,
+      }),
   };
 }

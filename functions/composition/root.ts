@@ -171,7 +171,7 @@ export async function buildComposition(settings: FunctionsSettings): Promise<Com
   );
   const rollout = await buildRolloutHandlers(settings, {
     keys: retrying(keys, INVOCATION_RETRY),
-    state: retrying(state, INVOCATION_RETRY),
+    state, // listAgents is an async iterable, which retrying() does not wrap
     policyState,
     keyVaultCredential,
     logger: logs.logger,

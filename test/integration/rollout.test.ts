@@ -8,7 +8,7 @@
  * policy and in the appraisal policy, an agent running the new image gets its key through the
  * `attest` function, and one still running the old image is denied with ERR_MEASUREMENT_RETIRED.
  */
-import { HttpRequest, InvocationContext } from "@azure/functions";
+import { HttpRequest } from "@azure/functions";
 import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRuntimeKey, type RuntimeKey } from "../../agent/runtime-key.js";
@@ -19,7 +19,6 @@ import { createTablePolicyStateStore } from "../../adapters/state/policy-table.j
 import { createTableStateStore } from "../../adapters/state/table.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
 import { parseAppraisalPolicy } from "../../core/appraisal/index.js";
-import { controlKeySet, verifyControlMessage } from "../../core/control/signed.js";
 import {
   DELIVERY_HEADER,
   SIGNATURE_HEADER,
@@ -30,23 +29,17 @@ import {
   createSimulatedSnpPlatform,
   type SimulatedSnpPlatform,
 } from "../../core/evidence/simulated/sevsnp.js";
-import {
-  makeAttestationRequest,
-  makeChallengeRequest,
-  requestBinding,
-  type AttestationResult,
-} from "../../core/messages/index.js";
 import { policyMeasurements, renderReleasePolicy } from "../../core/policy/index.js";
 import { fixedClock, systemRandom } from "../../core/ports/clock.js";
 import type { KeyStore } from "../../core/ports/key-store.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
 import { createRollout } from "../../core/rollout/rollout.js";
-import { attest } from "../../functions/attest.js";
 import { resetComposition } from "../../functions/composition/root.js";
 import { getDeployment } from "../../functions/deployment-status.js";
 import { policyUpdatesOutput, postDeployment } from "../../functions/deployments.js";
 import { policyUpdates } from "../../functions/policy-updates.js";
 import { azuriteConnectionString, uniqueTableName } from "../support/storage.js";
+import { attestAs as attestAsAgent, invocation } from "../support/attesting-agent.js";
 
 const OLD_HOST_DATA = "3c".repeat(32);
 const NEW_HOST_DATA = "4d".repeat(32);
@@ -65,73 +58,8 @@ let keys: KeyStore;
 let policyState: PolicyStateStore;
 let tableName: string;
 
-function context(name: string): InvocationContext {
-  return new InvocationContext({
-    functionName: name,
-    invocationId: `${name}-${randomUUID()}`,
-    triggerMetadata: { messageId: randomUUID(), deliveryCount: 1 },
-    logHandler: () => undefined,
-  });
-}
-
-async function nextMessage(agentId: string) {
-  const inbox = bus.openAgentInbox(agentId);
-  try {
-    const received = await inbox.receive(10_000);
-    if (received === undefined) throw new Error("no message for the agent");
-    return (
-      await verifyControlMessage(received.body, {
-        keys: controlKeySet(stack.controlKeys),
-        agentId,
-        at: new Date(),
-      })
-    ).message;
-  } finally {
-    await inbox.close();
-  }
-}
-
-/** An agent running the image with `hostData`: a challenge, then evidence bound to it. */
-async function attestAs(hostData: string): Promise<AttestationResult> {
-  const agentId = `agent-${randomUUID().slice(0, 8)}`;
-  await attest(
-    makeChallengeRequest({ agentId, workload: "orders", tee: "sevsnp", sentAt: new Date() }),
-    context("attest"),
-  );
-  const challenge = await nextMessage(agentId);
-  if (challenge.type !== "challenge") throw new Error("expected a challenge");
-  const requestId = `req-${randomUUID().slice(0, 8)}`;
-  const runtimeData = runtimeKey.bindToNonce(
-    challenge.nonce,
-    requestBinding({ agentId, requestId, workload: "orders", tee: "sevsnp", keys: [KEY] }),
-  );
-  const report = platform.signReport({
-    reportData: runtimeData.reportData.subarray(0, 32),
-    hostData: Buffer.from(hostData, "hex"),
-  });
-  await attest(
-    makeAttestationRequest({
-      agentId,
-      requestId,
-      workload: "orders",
-      tee: "sevsnp",
-      evidence: {
-        tee: "sevsnp",
-        format: "raw",
-        report: report.toString("base64url"),
-        vcekChain: platform.leafPem + platform.chainPem,
-      },
-      runtimeData: runtimeData.base64url,
-      keys: [KEY],
-      challenge: challenge.nonce,
-      sentAt: new Date(),
-    }),
-    context("attest"),
-  );
-  const result = await nextMessage(agentId);
-  if (result.type !== "attestation-result") throw new Error("expected a result");
-  return result;
-}
+const context = invocation;
+const attestAs = (hostData: string) => attestAsAgent({ stack, bus, platform, runtimeKey }, hostData, [KEY]);
 
 function signedRequest(body: string): HttpRequest {
   const timestamp = String(Math.floor(Date.now() / 1000));
