@@ -21,7 +21,9 @@ export interface Command {
   readonly summary: string;
   readonly usage: string;
   readonly options: OptionSpec;
-  run(values: OptionValues): Promise<CommandResult>;
+  /** Takes positional arguments (`shield audit who-has <key>`); none otherwise. */
+  readonly positionals?: boolean;
+  run(values: OptionValues, positionals: readonly string[]): Promise<CommandResult>;
 }
 
 /** A mistake in how the tool was called (exit code 2). */

@@ -89,7 +89,7 @@ export async function runCli(argv: readonly string[], io: CliIo = processIo): Pr
       parsed = parseArgs({
         args: rest,
         options: { ...GLOBAL_OPTIONS, ...command.options },
-        allowPositionals: false,
+        allowPositionals: command.positionals === true,
         strict: true,
       });
     } catch (cause) {
@@ -99,7 +99,7 @@ export async function runCli(argv: readonly string[], io: CliIo = processIo): Pr
       io.stdout(command.usage);
       return 0;
     }
-    const result: CommandResult = await command.run(parsed.values);
+    const result: CommandResult = await command.run(parsed.values, parsed.positionals);
     if (json) io.stdout(JSON.stringify({ ok: result.ok, ...result.data }));
     else for (const line of result.lines) io.stdout(line);
     return result.ok ? 0 : 1;

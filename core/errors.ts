@@ -101,6 +101,20 @@ const CODES = {
   ERR_CONFIG: { transient: false },
   // an unexpected failure: treated as transient so it is retried, reported, and never releases
   ERR_INTERNAL: { transient: true },
+  // deployments: the webhook, policy rollouts and retirement
+  ERR_WEBHOOK_UNAUTHENTICATED: { transient: false },
+  ERR_WEBHOOK_SIGNATURE: { transient: false },
+  ERR_WEBHOOK_TIMESTAMP: { transient: false },
+  ERR_WEBHOOK_REPLAYED: { transient: false },
+  ERR_WEBHOOK_TOKEN: { transient: false },
+  ERR_WEBHOOK_TOKEN_AUDIENCE: { transient: false },
+  ERR_WEBHOOK_TOKEN_EXPIRED: { transient: false },
+  ERR_WEBHOOK_NOT_ALLOWED: { transient: false },
+  ERR_DEPLOY_UNKNOWN_KEY: { transient: false },
+  ERR_DEPLOYMENT_UNKNOWN: { transient: false },
+  ERR_POLICY_IMMUTABLE: { transient: false },
+  ERR_POLICY_READBACK: { transient: false },
+  ERR_MEASUREMENT_RETIRED: { transient: false },
 } as const satisfies Record<string, { transient: boolean }>;
 
 export type ShieldErrorCode = keyof typeof CODES;

@@ -163,6 +163,7 @@ export function keyVersionInfoFromKeyVaultKey(key: KeyVaultKey): KeyVersionInfo 
     exportable: properties.exportable === true,
     enabled: properties.enabled !== false,
     ...(encoded === undefined || encoded.length === 0 ? {} : { releasePolicy: parseReleasePolicy(encoded) }),
+    ...(properties.releasePolicy?.immutable === true ? { releasePolicyImmutable: true } : {}),
     ...(properties.createdOn === undefined ? {} : { createdOn: properties.createdOn }),
     ...(properties.expiresOn === undefined ? {} : { expiresOn: properties.expiresOn }),
   };

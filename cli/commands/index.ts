@@ -3,6 +3,9 @@ import type { Command } from "../command.js";
 import { evidenceVerify } from "./evidence.js";
 import { policyDiff, policyRender, policyTest } from "./policy.js";
 import { tokenVerify } from "./token.js";
+import { auditVerify, auditWhoHas } from "./audit.js";
+import { deploy } from "./deploy.js";
+import { status } from "./status.js";
 
 export const commands: readonly Command[] = [
   evidenceVerify,
@@ -10,4 +13,8 @@ export const commands: readonly Command[] = [
   policyTest,
   policyRender,
   policyDiff,
+  status,
+  deploy,
+  auditVerify,
+  auditWhoHas,
 ];

@@ -46,6 +46,8 @@ export interface SevSnpAppraisalPolicy {
   /** Allowed `x-ms-compliance-status` values; unchecked when absent. */
   readonly complianceStatus?: ReadonlySet<string>;
   readonly allowMigration: boolean;
+  /** hostData values a rollout retired: a denial for one of them is ERR_MEASUREMENT_RETIRED. */
+  readonly retiredHostData?: ReadonlySet<string>;
 }
 
 export interface SgxAppraisalPolicy {
@@ -53,6 +55,9 @@ export interface SgxAppraisalPolicy {
   readonly mrSigner?: ReadonlySet<string>;
   readonly productId?: number;
   readonly minSvn?: number;
+  /** Retired `mrenclave` / `mrsigner` values (see `retiredHostData`). */
+  readonly retiredMrEnclave?: ReadonlySet<string>;
+  readonly retiredMrSigner?: ReadonlySet<string>;
 }
 
 export interface AppraisalPolicy {

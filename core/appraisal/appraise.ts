@@ -37,6 +37,8 @@ export interface AppraisalResult {
   /** The TEE whose rules were applied; undefined when the token's type is not configured. */
   readonly attestationType: AppraisedTee | undefined;
   readonly violations: readonly Violation[];
+  /** The measurement is one a rollout retired (its grace period is over). */
+  readonly retired?: boolean;
 }
 
 type Claims = Readonly<Record<string, unknown>>;
@@ -54,6 +56,7 @@ function shown(value: unknown): string {
 }
 
 function oneOf(values: ReadonlySet<string>): string {
+  if (values.size === 0) return "none (no measurement is allowed)";
   const sorted = [...values].sort();
   const listed = sorted.slice(0, MAX_LISTED).join(", ");
   return sorted.length > MAX_LISTED
@@ -78,12 +81,14 @@ function requireHexIn(
   digits: number,
   allowed: ReadonlySet<string>,
   out: Violation[],
+  retired?: { readonly values: ReadonlySet<string> | undefined; found: boolean },
 ) {
   const value = claimOf(claims, name);
   if (typeof value !== "string" || value.length !== digits || !HEX.test(value)) {
     out.push({ field: name, expected: `${digits} hex digits, ${oneOf(allowed)}`, actual: shown(value) });
   } else if (!allowed.has(value.toLowerCase())) {
     out.push({ field: name, expected: oneOf(allowed), actual: value });
+    if (retired?.values?.has(value.toLowerCase())) retired.found = true;
   }
 }
 
@@ -130,10 +135,17 @@ function requireStringIn(claims: Claims, name: string, allowed: ReadonlySet<stri
  * 7. `x-ms-compliance-status` is allowed (when configured);
  * 8. `x-ms-sevsnpvm-migration-allowed` is false unless migration is allowed.
  */
-function appraiseSevSnp(claims: Claims, policy: SevSnpAppraisalPolicy, out: Violation[]): void {
+function appraiseSevSnp(
+  claims: Claims,
+  policy: SevSnpAppraisalPolicy,
+  out: Violation[],
+  retired: { found: boolean },
+): void {
   const c = APPRAISAL_CLAIMS;
   requireFalse(claims, c.sevSnpIsDebuggable, out);
-  requireHexIn(claims, c.sevSnpHostData, 64, policy.hostData, out);
+  const retiredHostData = { values: policy.retiredHostData, found: false };
+  requireHexIn(claims, c.sevSnpHostData, 64, policy.hostData, out, retiredHostData);
+  retired.found ||= retiredHostData.found;
   if (policy.launchMeasurements !== undefined) {
     requireHexIn(claims, c.sevSnpLaunchMeasurement, 96, policy.launchMeasurements, out);
   }
@@ -157,11 +169,21 @@ function appraiseSevSnp(claims: Claims, policy: SevSnpAppraisalPolicy, out: Viol
  * 4. `x-ms-sgx-product-id` equals productId (when configured);
  * 5. `x-ms-sgx-svn` >= minSvn (when configured).
  */
-function appraiseSgx(claims: Claims, policy: SgxAppraisalPolicy, out: Violation[]): void {
+function appraiseSgx(
+  claims: Claims,
+  policy: SgxAppraisalPolicy,
+  out: Violation[],
+  retired: { found: boolean },
+): void {
   const c = APPRAISAL_CLAIMS;
   requireFalse(claims, c.sgxIsDebuggable, out);
-  if (policy.mrEnclave !== undefined) requireHexIn(claims, c.sgxMrEnclave, 64, policy.mrEnclave, out);
-  if (policy.mrSigner !== undefined) requireHexIn(claims, c.sgxMrSigner, 64, policy.mrSigner, out);
+  const retiredEnclave = { values: policy.retiredMrEnclave, found: false };
+  const retiredSigner = { values: policy.retiredMrSigner, found: false };
+  if (policy.mrEnclave !== undefined)
+    requireHexIn(claims, c.sgxMrEnclave, 64, policy.mrEnclave, out, retiredEnclave);
+  if (policy.mrSigner !== undefined)
+    requireHexIn(claims, c.sgxMrSigner, 64, policy.mrSigner, out, retiredSigner);
+  retired.found ||= retiredEnclave.found || retiredSigner.found;
   if (policy.productId !== undefined) requireInteger(claims, c.sgxProductId, policy.productId, out);
   if (policy.minSvn !== undefined) requireAtLeast(claims, c.sgxSvn, policy.minSvn, out);
 }
@@ -180,14 +202,15 @@ export function appraiseClaims(
   if (typeof policy !== "object" || policy === null)
     throw new TypeError("policy must be a parsed AppraisalPolicy");
   const violations: Violation[] = [];
+  const retired = { found: false };
   const type = claimOf(claims, APPRAISAL_CLAIMS.attestationType);
   let attestationType: AppraisedTee | undefined;
   if (type === "sevsnpvm" && policy.sevsnpvm !== undefined) {
     attestationType = "sevsnpvm";
-    appraiseSevSnp(claims, policy.sevsnpvm, violations);
+    appraiseSevSnp(claims, policy.sevsnpvm, violations, retired);
   } else if (type === "sgx" && policy.sgx !== undefined) {
     attestationType = "sgx";
-    appraiseSgx(claims, policy.sgx, violations);
+    appraiseSgx(claims, policy.sgx, violations, retired);
   } else {
     const configured = [policy.sevsnpvm && "sevsnpvm", policy.sgx && "sgx"].filter(Boolean).join(", ");
     violations.push({
@@ -196,11 +219,24 @@ export function appraiseClaims(
       actual: shown(type),
     });
   }
-  return { ok: violations.length === 0, attestationType, violations };
+  return {
+    ok: violations.length === 0,
+    attestationType,
+    violations,
+    ...(retired.found ? { retired: true } : {}),
+  };
 }
 
-/** Throws `ERR_APPRAISAL_DENIED` with every violation unless the appraisal passed. */
+/**
+ * Throws unless the appraisal passed: `ERR_MEASUREMENT_RETIRED` when the measurement is one a
+ * rollout retired, else `ERR_APPRAISAL_DENIED`; either way with every violation.
+ */
 export function assertAppraised(result: AppraisalResult): void {
+  if (!result.ok && result.retired === true) {
+    throw new ShieldError("ERR_MEASUREMENT_RETIRED", "the workload's measurement was retired by a rollout", {
+      violations: result.violations,
+    });
+  }
   if (!result.ok) {
     throw new ShieldError(
       "ERR_APPRAISAL_DENIED",

@@ -57,6 +57,7 @@ import { createChallengeIssuer, type ChallengeConfig } from "./challenge.js";
 import { agentAuditPartition, keyAuditPartition, type Revoker } from "../lifecycle/revoke.js";
 
 export { agentAuditPartition, keyAuditPartition };
+import type { AppraisalPolicySource } from "../rollout/appraisal-source.js";
 
 export interface AttestPorts {
   /** The attestation service, already wrapped with `retrying()` for transient failures. */
@@ -77,6 +78,8 @@ export interface AttestPorts {
    * `untrusted`; the functions always provide it.
    */
   readonly revoker?: Revoker;
+  /** The appraisal policy held in state (DESIGN §9); `config.appraisal` when absent. */
+  readonly appraisalPolicies?: AppraisalPolicySource;
 }
 
 export interface AttestConfig extends ChallengeConfig {
@@ -542,7 +545,8 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
 
   async function appraise(ctx: AttestContext): Promise<void> {
     const validated = ctx.validated!;
-    assertAppraised(appraiseClaims(validated.claims, config.appraisal));
+    const policy = (await ports.appraisalPolicies?.policyFor(ctx.request)) ?? config.appraisal;
+    assertAppraised(appraiseClaims(validated.claims, policy));
     ctx.measurement = measurementOf(ctx.request, validated);
     await consumeChallenge(ctx.request);
   }

@@ -22,6 +22,8 @@ export interface KeyVersionInfo {
   readonly exportable: boolean;
   readonly enabled: boolean;
   readonly releasePolicy?: ReleasePolicy;
+  /** Key Vault will never change this version's release policy (`immutable` on the wire). */
+  readonly releasePolicyImmutable?: boolean;
   readonly createdOn?: Date;
   readonly expiresOn?: Date;
 }

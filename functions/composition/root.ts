@@ -10,6 +10,7 @@ import type { Logger } from "../../core/ports/logger.js";
 import type { AgentChannel } from "../../core/ports/bus.js";
 import type { StateStore } from "../../core/ports/state.js";
 import { systemClock as realClock, systemRandom, type Clock } from "../../core/ports/clock.js";
+import type { PolicyStateStore } from "../../core/ports/policy-state.js";
 import { createControlChannel } from "../../core/control/signed.js";
 import { retrying, type RetryPolicy } from "../../core/retry.js";
 import { createCachedSigningKeys } from "../../core/token/index.js";
@@ -24,6 +25,8 @@ import {
   vaultNameOf,
   type EventIntake,
 } from "../../core/lifecycle/keyvault-events.js";
+import { createAppraisalPolicySource } from "../../core/rollout/appraisal-source.js";
+import { buildRolloutHandlers, type RolloutHandlers } from "./rollout.js";
 
 /** Retries inside one invocation: a few quick attempts; redelivery does the rest. */
 const INVOCATION_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };
@@ -57,6 +60,8 @@ export interface Composition {
       logger: Logger,
     ): Promise<{ changed: boolean; previousReason?: string }>;
   };
+  /** Deployments, policy updates and retirement (rollout.ts). */
+  readonly rollout: RolloutHandlers;
   close(): Promise<void>;
 }
 
@@ -106,6 +111,26 @@ async function buildRotationQueue(
     connectionString: settings.bus.connectionString,
     rotationQueue: settings.rotateKeyQueue,
   });
+}
+
+async function buildPolicyState(
+  settings: FunctionsSettings,
+  credential: () => Promise<TokenCredentialLike>,
+): Promise<PolicyStateStore> {
+  const { createTablePolicyStateStore } = await import("../../adapters/state/policy-table.js");
+  const s = settings.state;
+  return s.kind === "connection-string"
+    ? createTablePolicyStateStore({
+        tableName: s.table,
+        createTable: s.createTable,
+        connectionString: s.connectionString,
+      })
+    : createTablePolicyStateStore({
+        tableName: s.table,
+        createTable: s.createTable,
+        endpoint: s.endpoint,
+        credential: await credential(),
+      });
 }
 
 async function buildAgentChannel(
@@ -170,6 +195,7 @@ export async function buildComposition(
   }
   const keys = createKeyVaultKeyStore({ vaultUrl: settings.keyVaultUrl, credential: keyVaultCredential });
   const state = await buildState(settings, credential);
+  const policyState = retrying(await buildPolicyState(settings, credential), INVOCATION_RETRY);
   const agents = await buildAgentChannel(settings, credential);
   const { createKeyVaultControlSigner } = await import("../../adapters/keyvault/control-signer.js");
   const controlSigner = createKeyVaultControlSigner({
@@ -239,6 +265,7 @@ export async function buildComposition(
       random: systemRandom,
       logger: logs.logger,
       revoker,
+      appraisalPolicies: createAppraisalPolicySource(policyState, settings.appraisal),
     },
     {
       issuer: settings.maaEndpoint,
@@ -250,9 +277,17 @@ export async function buildComposition(
       challengeSeconds: settings.challengeSeconds,
     },
   );
+  const rollout = await buildRolloutHandlers(settings, {
+    keys: retrying(keys, INVOCATION_RETRY),
+    state, // listAgents is an async iterable, which retrying() does not wrap
+    policyState,
+    keyVaultCredential,
+    logger: logs.logger,
+  });
   return {
     settings,
     attest: (body, delivery, logger) => logs.use(logger, () => handle(body, delivery)),
+    rollout,
     reattest: (timer, logger) => logs.use(logger, () => tick(timer)),
     rotate: (body, delivery, logger) => logs.use(logger, () => rotation.handle(body, delivery)),
     rotationTick: (logger) => logs.use(logger, () => rotation.scheduleTick()),

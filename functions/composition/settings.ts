@@ -63,6 +63,105 @@ const schema = z.object({
     .optional(),
 });
 
+// ---------------------------------------------------------------------------------------------
+// Deployments: the webhook's authentication and the rollout (a block of its own)
+
+const GITHUB_ACTIONS_ISSUER = "https://token.actions.githubusercontent.com";
+
+const pipelineRule = z.strictObject({
+  repository: z.string().min(1).max(200),
+  ref: z.string().min(1).max(300).optional(),
+  environment: z.string().min(1).max(200).optional(),
+  job_workflow_ref: z.string().min(1).max(500).optional(),
+});
+
+const deploySchema = z.object({
+  /** The Key Vault secret (in SHIELD_KEYVAULT_URL) holding the webhook's HMAC key; HMAC is off without it. */
+  SHIELD_DEPLOY_HMAC_SECRET_NAME: z
+    .string()
+    .regex(/^[0-9a-zA-Z-]{1,127}$/)
+    .optional(),
+  /** The `aud` pipeline tokens must carry; OIDC is off without it. */
+  SHIELD_DEPLOY_OIDC_AUDIENCE: z.string().min(1).max(300).optional(),
+  SHIELD_DEPLOY_OIDC_ISSUER: url.default(GITHUB_ACTIONS_ISSUER),
+  /** Default `<issuer>/.well-known/jwks` (GitHub Actions); Azure DevOps and GitLab name theirs. */
+  SHIELD_DEPLOY_OIDC_JWKS_URL: url.optional(),
+  /** JSON: key name → [{repository, ref?, environment?, job_workflow_ref?}]. */
+  SHIELD_DEPLOY_OIDC_ALLOW: z
+    .string()
+    .max(64 * 1024)
+    .default("{}"),
+  SHIELD_DEPLOY_MAX_BODY_BYTES: z.coerce
+    .number()
+    .int()
+    .min(1024)
+    .max(1024 * 1024)
+    .default(16 * 1024),
+  SHIELD_POLICY_LEASE_SECONDS: z.coerce.number().int().min(10).max(3600).default(120),
+});
+
+export interface DeploySettings {
+  readonly hmacSecretName?: string;
+  readonly oidc?: {
+    readonly issuer: string;
+    readonly audience: string;
+    readonly jwksUrl: string;
+    readonly allow: Readonly<Record<string, readonly z.infer<typeof pipelineRule>[]>>;
+  };
+  readonly maxBodyBytes: number;
+  readonly leaseSeconds: number;
+}
+
+export function readDeploySettings(env: Readonly<Record<string, string | undefined>>): DeploySettings {
+  const parsed = deploySchema.safeParse(env);
+  const problems: Violation[] = parsed.success
+    ? []
+    : parsed.error.issues.map((issue) => ({
+        field: issue.path.join("."),
+        expected: issue.message,
+        actual: env[String(issue.path[0])] === undefined ? "missing" : "invalid",
+      }));
+  let allow: Record<string, z.infer<typeof pipelineRule>[]> = {};
+  if (parsed.success) {
+    let document: unknown;
+    try {
+      document = JSON.parse(parsed.data.SHIELD_DEPLOY_OIDC_ALLOW) as unknown;
+    } catch {
+      document = undefined;
+    }
+    const rules = z
+      .record(z.string().regex(/^[0-9a-zA-Z-]{1,127}$/), z.array(pipelineRule).max(32))
+      .safeParse(document);
+    if (rules.success) allow = rules.data;
+    else
+      problems.push({
+        field: "SHIELD_DEPLOY_OIDC_ALLOW",
+        expected: "JSON: key name → [{repository, ref?, environment?, job_workflow_ref?}]",
+        actual: "invalid",
+      });
+  }
+  if (!parsed.success || problems.length > 0) throw configError(problems);
+  const s = parsed.data;
+  const issuer = s.SHIELD_DEPLOY_OIDC_ISSUER.replace(/\/+$/, "");
+  return {
+    ...(s.SHIELD_DEPLOY_HMAC_SECRET_NAME === undefined
+      ? {}
+      : { hmacSecretName: s.SHIELD_DEPLOY_HMAC_SECRET_NAME }),
+    ...(s.SHIELD_DEPLOY_OIDC_AUDIENCE === undefined
+      ? {}
+      : {
+          oidc: {
+            issuer,
+            audience: s.SHIELD_DEPLOY_OIDC_AUDIENCE,
+            jwksUrl: s.SHIELD_DEPLOY_OIDC_JWKS_URL ?? `${issuer}/.well-known/jwks`,
+            allow,
+          },
+        }),
+    maxBodyBytes: s.SHIELD_DEPLOY_MAX_BODY_BYTES,
+    leaseSeconds: s.SHIELD_POLICY_LEASE_SECONDS,
+  };
+}
+
 export interface FunctionsSettings {
   readonly maaEndpoint: string;
   readonly keyVaultUrl: string;
@@ -102,6 +201,7 @@ export interface FunctionsSettings {
   /** Keys named in SHIELD_KEY_LIFECYCLE: managed (scheduled rotation, events) from the start. */
   readonly managedKeys: readonly string[];
   readonly keyVaultName?: string;
+  readonly deploy: DeploySettings;
 }
 
 function configError(violations: Violation[]): ShieldError {
@@ -211,5 +311,6 @@ export function readSettings(env: Readonly<Record<string, string | undefined>>):
     lifecycles: lifecycle.lifecycles,
     managedKeys: lifecycle.named,
     ...(s.SHIELD_KEYVAULT_NAME === undefined ? {} : { keyVaultName: s.SHIELD_KEYVAULT_NAME }),
+    deploy: readDeploySettings(env),
   };
 }

@@ -56,6 +56,7 @@ import {
   parseReleasePolicy,
   serializeReleasePolicy,
   RELEASE_POLICY_CONTENT_TYPE,
+  type Condition,
   type ReleasePolicy,
 } from "../../../core/policy/index.js";
 import { systemRandom, type Clock, type Random } from "../../../core/ports/clock.js";
@@ -508,7 +509,23 @@ function parsePolicyInput(input: ReleasePolicyInput): {
       cause,
     });
   }
-  return { wire: { contentType, data: input.data, immutable: input.immutable === true }, policy };
+  // Key Vault keeps the policy normalised, not as sent (azure-wire-formats §9): minified,
+  // `version` first, `authority` before its list, and JSON booleans as strings.
+  const stored = Buffer.from(serializeReleasePolicy(booleansAsStrings(policy)), "utf8").toString("base64url");
+  return { wire: { contentType, data: stored, immutable: input.immutable === true }, policy };
+}
+
+function booleansAsStrings(policy: ReleasePolicy): ReleasePolicy {
+  const convert = (condition: Condition): Condition =>
+    condition.kind === "claim"
+      ? typeof condition.value === "boolean" && condition.operator !== "exists"
+        ? { ...condition, value: String(condition.value) }
+        : condition
+      : { ...condition, conditions: condition.conditions.map(convert) };
+  return {
+    version: policy.version,
+    authorities: policy.authorities.map((rule) => ({ ...rule, conditions: rule.conditions.map(convert) })),
+  };
 }
 
 const ISO_DURATION =

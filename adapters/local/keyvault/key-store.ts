@@ -28,6 +28,7 @@ function toKeyVersionInfo(version: LocalKeyVersion): KeyVersionInfo {
     exportable: version.attributes.exportable,
     enabled: version.attributes.enabled,
     ...(version.releasePolicy === undefined ? {} : { releasePolicy: version.releasePolicy.policy }),
+    ...(version.releasePolicy?.immutable === true ? { releasePolicyImmutable: true } : {}),
     createdOn: version.attributes.created,
     ...(version.attributes.expires === undefined ? {} : { expiresOn: version.attributes.expires }),
   };

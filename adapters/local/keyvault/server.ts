@@ -13,6 +13,8 @@
  * | POST   | `/keys/{name}/rotate`                                  | rotate                   |
  * | POST   | `/keys/{name}/{ver}/sign`, `/keys/{name}//sign`        | sign a digest (RS256)    |
  * | GET/PUT| `/keys/{name}/rotationpolicy`                          | rotation policy          |
+ * | PUT    | `/secrets/{name}`                                      | set a secret (new version) |
+ * | GET    | `/secrets/{name}`, `/secrets/{name}/`, `/secrets/{name}/{ver}` | get a secret     |
  *
  * (The SDK sends `GET /keys/{name}/` for the current version and `/keys/{name}/release` or
  * `/keys/{name}//release` when the version is undefined or empty.) Authentication is Key
@@ -30,6 +32,13 @@ import type { z } from "zod";
 import { ShieldError, isShieldError } from "../../../core/errors.js";
 import { silentLogger, type Logger } from "../../../core/ports/logger.js";
 import { LocalKeyVaultError, type LocalKeyVault, type ReleasePolicyInput } from "./engine.js";
+import {
+  createLocalSecrets,
+  isSecretName,
+  secretBundleToWire,
+  setSecretBodySchema,
+  type LocalSecrets,
+} from "./secrets.js";
 import {
   SUPPORTED_API_VERSIONS,
   createKeyBodySchema,
@@ -58,6 +67,8 @@ export interface LocalKeyVaultServerOptions {
   readonly logger?: Logger;
   /** Request body limit (default 256 KiB: a 64 KiB token or policy, with room to spare). */
   readonly maxBodyBytes?: number;
+  /** The vault's secrets (secrets.ts); an empty store when absent. */
+  readonly secrets?: LocalSecrets;
 }
 
 export interface LocalKeyVaultServerStats {
@@ -77,6 +88,8 @@ export interface LocalKeyVaultServer {
    */
   failNext(status: number, count?: number, options?: { retryAfterSeconds?: number }): void;
   stats(): LocalKeyVaultServerStats;
+  /** The secrets it serves (tests and the embedded default set the webhook key here). */
+  readonly secrets: LocalSecrets;
   close(): Promise<void>;
 }
 
@@ -170,6 +183,27 @@ function matchRoute(method: string, pathname: string): Route | undefined {
   }
 }
 
+interface SecretRoute {
+  readonly operation: "getSecret" | "setSecret";
+  readonly name: string;
+  readonly version?: string;
+}
+
+function matchSecretRoute(method: string, pathname: string): SecretRoute | undefined {
+  const segments = pathname.split("/");
+  if (segments[0] !== "" || segments[1] !== "secrets" || segments.length < 3 || segments.length > 4)
+    return undefined;
+  const name = segments[2]!;
+  if (!isSecretName(name)) return undefined;
+  const version = segments[3];
+  if (method === "GET")
+    return version === undefined || version === ""
+      ? { operation: "getSecret", name }
+      : { operation: "getSecret", name, version };
+  if (method === "PUT" && version === undefined) return { operation: "setSecret", name };
+  return undefined;
+}
+
 function readBody(request: IncomingMessage, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const declared = Number(request.headers["content-length"]);
@@ -248,6 +282,7 @@ export async function startLocalKeyVaultServer(
   const challenge = `Bearer authorization="https://login.microsoftonline.com/${options.tenantId ?? DEFAULT_TENANT_ID}", resource="${VAULT_RESOURCE}"`;
 
   const counters = { requests: 0, unauthorized: 0, injectedFaults: 0 };
+  const secrets = options.secrets ?? createLocalSecrets();
   const faults: { status: number; retryAfterSeconds?: number }[] = [];
   let baseUrl = "";
 
@@ -385,6 +420,26 @@ export async function startLocalKeyVaultServer(
     }
   };
 
+  const dispatchSecret = async (route: SecretRoute, request: IncomingMessage): Promise<unknown> => {
+    if (route.operation === "setSecret") {
+      const body = parseJsonBody(await readBody(request, maxBodyBytes), setSecretBodySchema);
+      const contentType = given(body.contentType);
+      return secretBundleToWire(
+        baseUrl,
+        secrets.set(route.name, body.value, contentType === undefined ? {} : { contentType }),
+      );
+    }
+    const secret = secrets.get(route.name, route.version);
+    if (secret === undefined) {
+      throw new HttpError(
+        404,
+        "SecretNotFound",
+        `A secret with (name/id) ${route.name} was not found in this key vault.`,
+      );
+    }
+    return secretBundleToWire(baseUrl, secret);
+  };
+
   const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const started = performance.now();
     const method = request.method ?? "GET";
@@ -394,10 +449,11 @@ export async function startLocalKeyVaultServer(
     try {
       const url = new URL(request.url ?? "/", "http://127.0.0.1");
       const route = matchRoute(method, url.pathname);
+      const secretRoute = matchSecretRoute(method, url.pathname);
       if (route !== undefined) {
         operation = route.operation;
         keyName = route.name;
-      }
+      } else if (secretRoute !== undefined) operation = secretRoute.operation;
       // Challenge first, before anything is read: the SDK's first request is sent without a
       // token and without its body, and is repeated with both once the challenge is answered.
       const auth = authorized(request.headers.authorization);
@@ -435,6 +491,10 @@ export async function startLocalKeyVaultServer(
           "BadParameter",
           `api-version must be one of ${SUPPORTED_API_VERSIONS.join(", ")}`,
         );
+      }
+      if (secretRoute !== undefined) {
+        send(response, 200, await dispatchSecret(secretRoute, request));
+        return;
       }
       if (route === undefined) throw new HttpError(404, "NotFound", "no such operation");
       const result = await dispatch(route, request, url, apiVersion);
@@ -510,6 +570,7 @@ export async function startLocalKeyVaultServer(
       }
     },
     stats: () => ({ ...counters }),
+    secrets,
     close: () =>
       new Promise<void>((resolve, reject) => {
         server.close((error) => (error === undefined ? resolve() : reject(error)));

@@ -1,0 +1,34 @@
+/**
+ * `policy-updates`: Service Bus queue trigger on `policy-updates` — applies a deployment's
+ * `policy-update` key by key (core/rollout), one key at a time under its lease. An adapter only:
+ * the body is parsed from unknown with the message schema and a size limit; a malformed one is
+ * logged and completed (it can never succeed), a transient failure is thrown so Service Bus
+ * redelivers it, and a refusal is recorded on the deployment by the use case.
+ */
+import { app, type InvocationContext } from "@azure/functions";
+import { isShieldError } from "../core/errors.js";
+import { parsePolicyUpdate } from "../core/messages/index.js";
+import { composition } from "./composition/root.js";
+import { contextLogger } from "./composition/invocation.js";
+
+export const POLICY_UPDATE_MAX_BYTES = 64 * 1024;
+
+export async function policyUpdates(message: unknown, context: InvocationContext): Promise<void> {
+  const log = contextLogger(context);
+  let update;
+  try {
+    update = parsePolicyUpdate(message, { maxBytes: POLICY_UPDATE_MAX_BYTES });
+  } catch (error) {
+    log("error", "policy-update refused", { code: isShieldError(error) ? error.code : "ERR_INTERNAL" });
+    return;
+  }
+  const { rollout } = await composition();
+  await rollout.applyPolicyUpdate(update);
+  log("info", "policy-update handled", { deploymentId: update.deploymentId, keys: update.keys.length });
+}
+
+app.serviceBusQueue("policy-updates", {
+  connection: "ServiceBusConnection",
+  queueName: "policy-updates",
+  handler: policyUpdates,
+});
