@@ -35,6 +35,30 @@ export interface ServiceBusSessionReceiverLike {
   close(): Promise<void>;
 }
 
+/** A peek-locked message as the request receiver reads and settles it. */
+export interface ServiceBusLockedMessageLike extends ServiceBusReceivedMessageLike {
+  readonly deadLetterReason?: string;
+  readonly deadLetterErrorDescription?: string;
+}
+
+/** A peek-lock receiver on a queue (or its dead-letter queue). */
+export interface ServiceBusReceiverLike {
+  receiveMessages(
+    maxMessageCount: number,
+    options?: { maxWaitTimeInMs?: number; abortSignal?: AbortSignal },
+  ): Promise<ServiceBusLockedMessageLike[]>;
+  completeMessage(message: ServiceBusLockedMessageLike): Promise<void>;
+  abandonMessage(message: ServiceBusLockedMessageLike): Promise<void>;
+  deadLetterMessage(
+    message: ServiceBusLockedMessageLike,
+    options: { deadLetterReason: string; deadLetterErrorDescription: string },
+  ): Promise<void>;
+  renewMessageLock(message: ServiceBusLockedMessageLike): Promise<Date>;
+  /** Successive calls continue after the last message peeked. */
+  peekMessages(maxMessageCount: number): Promise<ServiceBusLockedMessageLike[]>;
+  close(): Promise<void>;
+}
+
 export interface ServiceBusClientLike {
   createSender(queueName: string): ServiceBusSenderLike;
   acceptSession(
@@ -43,6 +67,19 @@ export interface ServiceBusClientLike {
     options?: ServiceBusSessionReceiverOptions,
   ): Promise<ServiceBusSessionReceiverLike>;
   close(): Promise<void>;
+}
+
+/** A client that can also receive from a queue: what the functions' side of the bus needs. */
+export interface ServiceBusReceivingClientLike extends ServiceBusClientLike {
+  createReceiver(
+    queueName: string,
+    options?: {
+      receiveMode?: "peekLock";
+      maxAutoLockRenewalDurationInMs?: number;
+      subQueueType?: "deadLetter";
+      skipParsingBodyAsJson?: boolean;
+    },
+  ): ServiceBusReceiverLike;
 }
 
 /**
