@@ -93,6 +93,8 @@ async function main(): Promise<void> {
   console.log(formatAttestBench(attestBench) + "\n");
   const agentBench = await benchAgent();
   console.log(formatAgentBench(agentBench) + "\n");
+  const agentOverServiceBus = await benchAgent({ transport: "servicebus" });
+  console.log(formatAgentBench(agentOverServiceBus, "Service Bus (local AMQP endpoint)") + "\n");
   if (attestBench.releasesPerTrusted !== attestBench.keysPerRequest || attestBench.releasesPerDenied !== 0) {
     console.log("Key Vault calls per attestation are not exactly one release per key (and none on denial).");
     process.exitCode = 1;

@@ -44,6 +44,7 @@ import {
   isAbortError,
   serviceBusError,
   serviceBusErrorCode,
+  withCallSignal,
   type ServiceBusConnection,
   type ServiceBusReceivedMessageLike,
   type ServiceBusSenderLike,
@@ -243,10 +244,9 @@ class ServiceBusAgentInbox implements AgentInbox {
           lockedUntil === undefined
             ? wanted
             : Math.max(1, Math.min(wanted, Math.floor((lockedUntil - Date.now()) / 2)));
-        messages = await receiver.receiveMessages(1, {
-          maxWaitTimeInMs: slice,
-          abortSignal: this.#closing.signal,
-        });
+        messages = await withCallSignal(this.#closing.signal, (abortSignal) =>
+          receiver.receiveMessages(1, { maxWaitTimeInMs: slice, abortSignal }),
+        );
       } catch (error) {
         if (this.#closing.signal.aborted || isAbortError(error)) return undefined;
         // A lost session is accepted again once per receive; a second loss is reported.

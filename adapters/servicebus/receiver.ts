@@ -30,6 +30,7 @@ import {
   isAbortError,
   serviceBusError,
   serviceBusErrorCode,
+  withCallSignal,
   type ServiceBusLockedMessageLike,
   type ServiceBusReceiverLike,
   type ServiceBusReceivingClientLike,
@@ -76,12 +77,12 @@ class ServiceBusRequestReceiver implements RequestReceiver {
       maxAutoLockRenewalDurationInMs: 0,
       skipParsingBodyAsJson: true,
     });
+    const receiver = this.#receiver;
     let messages: ServiceBusLockedMessageLike[];
     try {
-      messages = await this.#receiver.receiveMessages(1, {
-        maxWaitTimeInMs: Math.max(1, timeoutMs),
-        abortSignal: this.#closing.signal,
-      });
+      messages = await withCallSignal(this.#closing.signal, (abortSignal) =>
+        receiver.receiveMessages(1, { maxWaitTimeInMs: Math.max(1, timeoutMs), abortSignal }),
+      );
     } catch (error) {
       if (this.#closing.signal.aborted || isAbortError(error)) return undefined;
       throw serviceBusError("receive", error);
@@ -93,7 +94,7 @@ class ServiceBusRequestReceiver implements RequestReceiver {
       messageId: messageIdText(message.messageId),
       deliveryCount: (message.deliveryCount ?? 0) + 1,
     });
-    return this.#locked(this.#receiver, message);
+    return this.#locked(receiver, message);
   }
 
   async readDeadLetters(): Promise<DeadLetter[]> {

@@ -65,10 +65,11 @@ async function buildAgentChannel(
 ): Promise<AgentChannel & { close(): Promise<void>; readonly maxBodyBytes: number }> {
   if (settings.bus.kind === "servicebus") {
     const { createServiceBusAgentChannel } = await import("../../adapters/servicebus/bus.js");
-    const channel = createServiceBusAgentChannel({
-      fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace,
-      credential: await credential(),
-    });
+    const channel = createServiceBusAgentChannel(
+      "connectionString" in settings.bus
+        ? { connectionString: settings.bus.connectionString }
+        : { fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace, credential: await credential() },
+    );
     // Service Bus Standard carries 256 KiB per message; keep room for headers.
     return Object.assign(channel, { maxBodyBytes: 240_000 });
   }

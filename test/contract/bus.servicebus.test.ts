@@ -3,6 +3,7 @@
  * `@azure/service-bus` client, against the local Service Bus-compatible AMQP endpoint.
  */
 import { randomBytes } from "node:crypto";
+import { getEventListeners } from "node:events";
 import { ServiceBusClient } from "@azure/service-bus";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { createSasToken } from "../../adapters/local/servicebus/sas.js";
@@ -11,7 +12,7 @@ import {
   type LocalServiceBus,
   type QueueSettings,
 } from "../../adapters/local/servicebus/server.js";
-import { serviceBusErrorCode } from "../../adapters/servicebus/client.js";
+import { serviceBusErrorCode, withCallSignal } from "../../adapters/servicebus/client.js";
 import { createServiceBusLocalBus } from "../../adapters/servicebus/local-bus.js";
 import { ShieldError } from "../../core/errors.js";
 import { MAX_DELIVERY_COUNT_EXCEEDED } from "../../core/ports/bus.js";
@@ -328,6 +329,28 @@ describe("Service Bus specifics", () => {
     await expect(session.getSessionState()).rejects.toThrow(/not implemented/);
     await expect(session.setSessionState("state")).rejects.toThrow(/not implemented/);
     expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
+  it("leaves no abort listener on a long-lived signal, though the SDK leaves one per receive", async () => {
+    const names = queues();
+    const client = track(testClient(endpoint));
+    const receiver = client.createReceiver(names.requestsQueue);
+    const bare = new AbortController();
+    const guarded = new AbortController();
+    for (let call = 0; call < 3; call++) {
+      await receiver.receiveMessages(1, { maxWaitTimeInMs: 10, abortSignal: bare.signal });
+      await withCallSignal(guarded.signal, (abortSignal) =>
+        receiver.receiveMessages(1, { maxWaitTimeInMs: 10, abortSignal }),
+      );
+    }
+    expect(getEventListeners(bare.signal, "abort")).toHaveLength(3);
+    expect(getEventListeners(guarded.signal, "abort")).toHaveLength(0);
+    // Closing still reaches a call in progress.
+    const waiting = withCallSignal(guarded.signal, (abortSignal) =>
+      receiver.receiveMessages(1, { maxWaitTimeInMs: 10_000, abortSignal }),
+    );
+    guarded.abort();
+    await expect(waiting).rejects.toMatchObject({ name: "AbortError" });
   });
 
   it("logs no key, token or signature", async () => {
