@@ -1,12 +1,14 @@
 /**
  * The agent's end of the bus, chosen by `SHIELD_BUS`: Azure Service Bus (requests on
  * `attestation-requests`, its own session on `attestation-results`, signed in with
- * DefaultAzureCredential — the pod's managed or workload identity) or Azure Storage Queues
+ * DefaultAzureCredential — the pod's managed or workload identity — or, when
+ * SHIELD_SERVICEBUS_CONNECTION_STRING is set, with its shared access key) or Azure Storage Queues
  * (Azurite in the embedded default; a connection string), spoken over REST without the SDK to
  * keep the agent's memory small. Each adapter and its SDK is loaded
  * only when chosen, with a dynamic import of a fixed module, so a bundle holds both and a start
  * pays only for one.
  */
+import type { ServiceBusClientLike } from "../adapters/servicebus/client.js";
 import type { AgentInbox, RequestChannel } from "../core/ports/bus.js";
 import type { Logger } from "../core/ports/logger.js";
 import type { AgentConfig } from "./config.js";
@@ -45,14 +47,10 @@ async function openStorageQueueBus(config: AgentConfig, logger: Logger): Promise
 }
 
 async function openServiceBus(config: AgentConfig, logger: Logger): Promise<AgentBus> {
-  const namespace = config.bus.serviceBusNamespace;
-  if (namespace === undefined) throw new TypeError("SHIELD_SERVICEBUS_NAMESPACE is required");
-  const { DefaultAzureCredential } = await import("@azure/identity");
-  const { createServiceBusClient } = await import("../adapters/servicebus/client.js");
   const { createServiceBusAgentInbox, createServiceBusRequestChannel } =
     await import("../adapters/servicebus/bus.js");
   // One AMQP connection for both directions.
-  const client = await createServiceBusClient(namespace, new DefaultAzureCredential());
+  const client = await serviceBusClient(config);
   const requests = createServiceBusRequestChannel({ client, requestsQueue: config.bus.requestQueue, logger });
   const inbox = createServiceBusAgentInbox({
     client,
@@ -69,4 +67,17 @@ async function openServiceBus(config: AgentConfig, logger: Logger): Promise<Agen
       await client.close();
     },
   };
+}
+
+/** A connection string when one is set (the local endpoint); else the namespace and the pod's identity. */
+async function serviceBusClient(config: AgentConfig): Promise<ServiceBusClientLike> {
+  const { createServiceBusClient, createServiceBusClientFromConnectionString } =
+    await import("../adapters/servicebus/client.js");
+  const connectionString = config.bus.serviceBusConnectionString;
+  if (connectionString !== undefined)
+    return createServiceBusClientFromConnectionString(connectionString.reveal());
+  const namespace = config.bus.serviceBusNamespace;
+  if (namespace === undefined) throw new TypeError("SHIELD_SERVICEBUS_NAMESPACE is required");
+  const { DefaultAzureCredential } = await import("@azure/identity");
+  return createServiceBusClient(namespace, new DefaultAzureCredential());
 }

@@ -14,6 +14,7 @@ import { isIPv4, isIPv6 } from "node:net";
 import { isAbsolute } from "node:path";
 import { inspect } from "node:util";
 import { z } from "zod";
+import { isServiceBusConnectionString } from "../adapters/servicebus/client.js";
 import { IDENTIFIER_PATTERN, KEY_NAME_PATTERN, MAX_KEYS_PER_REQUEST } from "../core/messages/index.js";
 import { KEY_VERSION_PATTERN } from "../core/messages/fields.js";
 import { DEFAULT_SIDECAR_URL } from "./evidence/azure-sidecar.js";
@@ -82,6 +83,8 @@ export interface AgentConfig {
   readonly bus: {
     readonly transport: BusTransport;
     readonly serviceBusNamespace?: string;
+    /** Instead of the namespace and the managed identity: a shared access key or signature. */
+    readonly serviceBusConnectionString?: Secret;
     readonly storageConnectionString?: Secret;
     readonly requestQueue: string;
     readonly resultQueue: string;
@@ -297,6 +300,20 @@ const hostName = raw.transform((value, ctx): string | undefined => {
   return text;
 });
 
+const serviceBusConnectionString = raw.transform((value, ctx): Secret | undefined => {
+  if (unset(value)) return undefined;
+  const text = value!.trim();
+  if (!isServiceBusConnectionString(text)) {
+    ctx.addIssue({
+      code: "custom",
+      message:
+        "a Service Bus connection string (Endpoint=sb://<host> and SharedAccessKeyName with SharedAccessKey, or SharedAccessSignature)",
+    });
+    return z.NEVER;
+  }
+  return new Secret(text);
+});
+
 const serviceBusNamespace = raw.transform((value, ctx): string | undefined => {
   if (unset(value)) return undefined;
   const text = value!.trim();
@@ -464,6 +481,13 @@ export const AGENT_VARIABLES = {
     meaning: "Fully qualified Service Bus namespace; the agent signs in with its managed identity.",
     schema: serviceBusNamespace,
   },
+  SHIELD_SERVICEBUS_CONNECTION_STRING: {
+    default: "unset",
+    meaning:
+      "Service Bus connection string with a shared access key or signature, used instead of SHIELD_SERVICEBUS_NAMESPACE and the managed identity (the local Service Bus endpoint sets UseDevelopmentEmulator=true). Secret: never printed.",
+    secret: true,
+    schema: serviceBusConnectionString,
+  },
   SHIELD_STORAGE_CONNECTION_STRING: {
     default: "unset",
     meaning: "Storage connection string for SHIELD_BUS=storage-queue. Secret: never printed.",
@@ -595,6 +619,9 @@ export function loadAgentConfig(env: Environment): ConfigResult {
       ...(values.SHIELD_SERVICEBUS_NAMESPACE === undefined
         ? {}
         : { serviceBusNamespace: values.SHIELD_SERVICEBUS_NAMESPACE }),
+      ...(values.SHIELD_SERVICEBUS_CONNECTION_STRING === undefined
+        ? {}
+        : { serviceBusConnectionString: values.SHIELD_SERVICEBUS_CONNECTION_STRING }),
       ...(values.SHIELD_STORAGE_CONNECTION_STRING === undefined
         ? {}
         : { storageConnectionString: values.SHIELD_STORAGE_CONNECTION_STRING }),
@@ -650,8 +677,14 @@ function listenProblems(env: Environment): string[] {
 export function startRequirements(config: AgentConfig): string[] {
   const problems: string[] = [];
   if (config.keys.length === 0) problems.push("SHIELD_KEYS: at least one Key Vault key name is needed");
-  if (config.bus.transport === "servicebus" && config.bus.serviceBusNamespace === undefined) {
-    problems.push("SHIELD_SERVICEBUS_NAMESPACE: required when SHIELD_BUS=servicebus");
+  if (
+    config.bus.transport === "servicebus" &&
+    config.bus.serviceBusNamespace === undefined &&
+    config.bus.serviceBusConnectionString === undefined
+  ) {
+    problems.push(
+      "SHIELD_SERVICEBUS_NAMESPACE (or SHIELD_SERVICEBUS_CONNECTION_STRING): required when SHIELD_BUS=servicebus",
+    );
   }
   if (config.bus.transport === "storage-queue" && config.bus.storageConnectionString === undefined) {
     problems.push("SHIELD_STORAGE_CONNECTION_STRING: required when SHIELD_BUS=storage-queue");

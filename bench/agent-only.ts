@@ -1,10 +1,14 @@
 /** `npm run bench:agent`: only the agent footprint part of the benchmarks. */
 import { benchAgent, formatAgentBench } from "./agent.js";
 
-benchAgent().then(
-  (result) => console.log(formatAgentBench(result)),
-  (error: unknown) => {
-    console.error(error);
-    process.exitCode = 1;
-  },
-);
+async function run(): Promise<void> {
+  console.log(formatAgentBench(await benchAgent()) + "\n");
+  console.log(
+    formatAgentBench(await benchAgent({ transport: "servicebus" }), "Service Bus (local AMQP endpoint)"),
+  );
+}
+
+run().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});

@@ -5,7 +5,7 @@
  * the local host), and its steady-state resident memory once trusted and holding its key.
  */
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -17,6 +17,10 @@ import { startLocalFunctionsHost } from "../adapters/local/functions-host.js";
 import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../adapters/local/keyvault/credential.js";
 import { createStorageQueueBus } from "../adapters/storage-queue/bus.js";
+import { startLocalServiceBus } from "../adapters/local/servicebus/server.js";
+import { createServiceBusClientFromConnectionString } from "../adapters/servicebus/client.js";
+import { createServiceBusRequestReceiver } from "../adapters/servicebus/receiver.js";
+import { REQUESTS_QUEUE, RESULTS_QUEUE, type RequestReceiver } from "../core/ports/bus.js";
 import { attest } from "../functions/attest.js";
 import { resetComposition } from "../functions/composition/root.js";
 import { createSimulatedSnpPlatform, exportSimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
@@ -106,8 +110,58 @@ async function bareNode(settleMs: number): Promise<{ startMs: number; rssBytes: 
   return { startMs, rssBytes };
 }
 
+/** The agent's transport under test and what the functions' side receives requests from. */
+interface BenchTransport {
+  readonly agentEnv: Readonly<Record<string, string>>;
+  readonly settings: Readonly<Record<string, string>>;
+  readonly receiver: RequestReceiver;
+  close(): Promise<void>;
+}
+
+function storageQueueTransport(connectionString: string): BenchTransport {
+  const bus = createStorageQueueBus({ connectionString, minPollMs: 20, maxPollMs: 200 });
+  return {
+    agentEnv: { SHIELD_BUS: "storage-queue", SHIELD_STORAGE_CONNECTION_STRING: connectionString },
+    settings: {},
+    receiver: bus.openRequestReceiver(),
+    close: () => bus.close(),
+  };
+}
+
+/**
+ * The local Service Bus endpoint with the deployed queues: requests, and results with sessions;
+ * the agent and the functions each sign in with a key of their own (send and listen rights).
+ */
+async function serviceBusTransport(): Promise<BenchTransport> {
+  const agentKey = randomBytes(32).toString("base64");
+  const functionsKey = randomBytes(32).toString("base64");
+  const endpoint = await startLocalServiceBus({
+    queues: [{ name: REQUESTS_QUEUE }, { name: RESULTS_QUEUE, requiresSession: true }],
+    rules: [
+      { keyName: "agent", key: agentKey, rights: ["Send", "Listen"] },
+      { keyName: "functions", key: functionsKey, rights: ["Send", "Listen"] },
+    ],
+  });
+  const functionsConnection = endpoint.connectionString("functions");
+  const client = await createServiceBusClientFromConnectionString(functionsConnection);
+  return {
+    agentEnv: {
+      SHIELD_BUS: "servicebus",
+      SHIELD_SERVICEBUS_CONNECTION_STRING: endpoint.connectionString("agent"),
+    },
+    settings: { SHIELD_BUS: "servicebus", ServiceBusConnection: functionsConnection },
+    receiver: createServiceBusRequestReceiver({ client }),
+    async close() {
+      await client.close();
+      await endpoint.close();
+    },
+  };
+}
+
+export type BenchTransportName = "storage-queue" | "servicebus";
+
 export async function benchAgent(
-  options: { settleMs?: number; nodeFlags?: readonly string[] } = {},
+  options: { settleMs?: number; nodeFlags?: readonly string[]; transport?: BenchTransportName } = {},
 ): Promise<AgentBenchResult> {
   const settleMs = options.settleMs ?? 3_000;
   const { outfile, bytes, totalBytes } = await bundleAgent();
@@ -121,15 +175,14 @@ export async function benchAgent(
     tableName: "benchagent",
   });
   const work = await mkdtemp(join(tmpdir(), "shield-bench-agent-"));
-  const bus = createStorageQueueBus({
-    connectionString: azurite.connectionString,
-    minPollMs: 20,
-    maxPollMs: 200,
-  });
+  const transport =
+    options.transport === "servicebus"
+      ? await serviceBusTransport()
+      : storageQueueTransport(azurite.connectionString);
   let host: ReturnType<typeof startLocalFunctionsHost> | undefined;
   let agent: ChildProcess | undefined;
   try {
-    Object.assign(process.env, stack.settings);
+    Object.assign(process.env, stack.settings, transport.settings);
     await resetComposition();
     const keyStore = createKeyVaultKeyStore({
       vaultUrl: stack.keyVault.url,
@@ -143,7 +196,7 @@ export async function benchAgent(
     host = startLocalFunctionsHost({
       functionName: "attest",
       handler: attest,
-      receiver: bus.openRequestReceiver(),
+      receiver: transport.receiver,
     });
     const platformFile = join(work, "platform.json");
     const signerFile = join(work, "signer.pem");
@@ -165,8 +218,7 @@ export async function benchAgent(
         SHIELD_TEE: "simulated",
         SHIELD_SIMULATED_PLATFORM: platformFile,
         SHIELD_SIMULATED_HOST_DATA: hostData,
-        SHIELD_BUS: "storage-queue",
-        SHIELD_STORAGE_CONNECTION_STRING: azurite.connectionString,
+        ...transport.agentEnv,
         SHIELD_RELEASE_SIGNER_CA_FILE: signerFile,
         SHIELD_CONTROL_KEYS_FILE: controlKeysFile,
         SHIELD_KEYVAULT_URL: stack.vaultUrl,
@@ -201,7 +253,8 @@ export async function benchAgent(
   } finally {
     if (agent !== undefined) await stopChild(agent);
     await host?.stop();
-    await bus.close();
+    await transport.close();
+    for (const name of Object.keys(transport.settings)) delete process.env[name];
     await resetComposition();
     await stack.close();
     await azurite.stop();
@@ -209,10 +262,10 @@ export async function benchAgent(
   }
 }
 
-export function formatAgentBench(r: AgentBenchResult): string {
+export function formatAgentBench(r: AgentBenchResult, transport = "Storage Queues (Azurite)"): string {
   const mib = (n: number) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
   return [
-    "agent footprint (bundled agent vs a bare node process, same run)",
+    `agent footprint over ${transport} (bundled agent vs a bare node process, same run)`,
     `  bundle size                          ${(r.bundleBytes / 1024).toFixed(0)} KiB entry script, ${(r.bundleTotalBytes / 1024).toFixed(0)} KiB with the lazily loaded transport chunks (no node_modules)`,
     `  start → ready (trusted, key held)    ${r.agentReadyMs.toFixed(0)} ms   (bare node start → first output ${r.bareNodeStartMs.toFixed(0)} ms)`,
     `  steady-state RSS                     ${mib(r.agentRssBytes)}   (bare node ${mib(r.bareNodeRssBytes)}; ratio ${(r.agentRssBytes / r.bareNodeRssBytes).toFixed(2)}×, target ≤ 1.30×)`,

@@ -99,6 +99,8 @@ async function main(): Promise<void> {
   const agentBench = await benchAgent();
   console.log(formatAgentBench(agentBench) + "\n");
   console.log(formatEncryptionBench(await benchEncryption()) + "\n");
+  const agentOverServiceBus = await benchAgent({ transport: "servicebus" });
+  console.log(formatAgentBench(agentOverServiceBus, "Service Bus (local AMQP endpoint)") + "\n");
   if (attestBench.releasesPerTrusted !== attestBench.keysPerRequest || attestBench.releasesPerDenied !== 0) {
     console.log("Key Vault calls per attestation are not exactly one release per key (and none on denial).");
     process.exitCode = 1;

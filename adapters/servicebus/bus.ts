@@ -14,8 +14,9 @@
  *
  * The agent holds its session for as long as it runs. Session locks last the queue's lock
  * duration (at most 5 minutes) and the SDK renews them only for a bounded time, so the inbox
- * renews the lock itself: it waits in slices no longer than 20 s and renews before any slice
- * that could outlive the lock. A lost session is accepted again on the next receive.
+ * renews the lock itself: it waits in slices no longer than 20 s (nor half of what is left of
+ * the lock) and renews before any slice that could outlive the lock. A lost session is accepted
+ * again on the next receive.
  */
 import { DEFAULT_MAX_MESSAGE_BYTES } from "../../core/messages/index.js";
 import { silentLogger, type Logger } from "../../core/ports/logger.js";
@@ -45,6 +46,7 @@ import {
   isAbortError,
   serviceBusError,
   serviceBusErrorCode,
+  withCallSignal,
   type ServiceBusConnection,
   type ServiceBusReceivedMessageLike,
   type ServiceBusSenderLike,
@@ -265,16 +267,21 @@ class ServiceBusAgentInbox implements AgentInbox {
     let acceptedAgain = false;
     for (;;) {
       if (this.#closing.signal.aborted) return undefined;
-      const slice = Math.max(1, Math.min(RECEIVE_SLICE_MS, deadline - Date.now()));
+      const wanted = Math.max(1, Math.min(RECEIVE_SLICE_MS, deadline - Date.now()));
       let receiver: ServiceBusSessionReceiverLike;
       let messages: ServiceBusReceivedMessageLike[];
       try {
         receiver = await this.#session();
-        await this.#keepLock(receiver, slice);
-        messages = await receiver.receiveMessages(1, {
-          maxWaitTimeInMs: slice,
-          abortSignal: this.#closing.signal,
-        });
+        const lockedUntil = await this.#keepLock(receiver, wanted);
+        // A lock shorter than a slice (a queue's LockDuration may be as short as 5 s) is
+        // renewed between waits of half of what is left of it.
+        const slice =
+          lockedUntil === undefined
+            ? wanted
+            : Math.max(1, Math.min(wanted, Math.floor((lockedUntil - Date.now()) / 2)));
+        messages = await withCallSignal(this.#closing.signal, (abortSignal) =>
+          receiver.receiveMessages(1, { maxWaitTimeInMs: slice, abortSignal }),
+        );
       } catch (error) {
         if (this.#closing.signal.aborted || isAbortError(error)) return undefined;
         // A lost session is accepted again once per receive; a second loss is reported.
@@ -331,10 +338,15 @@ class ServiceBusAgentInbox implements AgentInbox {
   }
 
   /** Renews the session lock when it could expire during the next wait of `sliceMs`. */
-  async #keepLock(receiver: ServiceBusSessionReceiverLike, sliceMs: number): Promise<void> {
+  /**
+   * Renews the session lock when it could expire during the next wait of `sliceMs`; returns
+   * when the lock ends (undefined when the receiver does not say).
+   */
+  async #keepLock(receiver: ServiceBusSessionReceiverLike, sliceMs: number): Promise<number | undefined> {
     const lockedUntil = receiver.sessionLockedUntilUtc?.getTime();
-    if (lockedUntil !== undefined && lockedUntil - Date.now() > sliceMs + LOCK_MARGIN_MS) return;
-    await receiver.renewSessionLock();
+    if (lockedUntil !== undefined && lockedUntil - Date.now() > sliceMs + LOCK_MARGIN_MS) return lockedUntil;
+    const renewed = await receiver.renewSessionLock();
+    return renewed instanceof Date ? renewed.getTime() : receiver.sessionLockedUntilUtc?.getTime();
   }
 
   async #settle(
@@ -372,13 +384,13 @@ class ServiceBusAgentInbox implements AgentInbox {
  * A body as the SDK gives it with JSON parsing off: bytes for a data section (what every sender
  * here writes), anything else for an AMQP value a foreign sender chose, handed on as it is.
  */
-function decodeBody(body: unknown, maxBodyBytes: number): unknown {
+export function decodeBody(body: unknown, maxBodyBytes: number): unknown {
   if (body instanceof Uint8Array) return bodyFromText(textFromBytes(body), maxBodyBytes);
   if (typeof body === "string") return bodyFromText(body, maxBodyBytes);
   return body;
 }
 
-function messageIdText(messageId: string | number | Buffer | undefined): string {
+export function messageIdText(messageId: string | number | Buffer | undefined): string {
   if (typeof messageId === "string") return messageId;
   if (typeof messageId === "number") return String(messageId);
   if (messageId instanceof Uint8Array) return Buffer.from(messageId).toString("hex");

@@ -6,6 +6,7 @@
  * cold start nothing.
  */
 import type { TokenCredential } from "@azure/core-auth";
+import type * as ServiceBusSdkModule from "@azure/service-bus";
 import type { ServiceBusMessage, ServiceBusSessionReceiverOptions } from "@azure/service-bus";
 import { ShieldError } from "../../core/errors.js";
 
@@ -35,6 +36,30 @@ export interface ServiceBusSessionReceiverLike {
   close(): Promise<void>;
 }
 
+/** A peek-locked message as the request receiver reads and settles it. */
+export interface ServiceBusLockedMessageLike extends ServiceBusReceivedMessageLike {
+  readonly deadLetterReason?: string;
+  readonly deadLetterErrorDescription?: string;
+}
+
+/** A peek-lock receiver on a queue (or its dead-letter queue). */
+export interface ServiceBusReceiverLike {
+  receiveMessages(
+    maxMessageCount: number,
+    options?: { maxWaitTimeInMs?: number; abortSignal?: AbortSignal },
+  ): Promise<ServiceBusLockedMessageLike[]>;
+  completeMessage(message: ServiceBusLockedMessageLike): Promise<void>;
+  abandonMessage(message: ServiceBusLockedMessageLike): Promise<void>;
+  deadLetterMessage(
+    message: ServiceBusLockedMessageLike,
+    options: { deadLetterReason: string; deadLetterErrorDescription: string },
+  ): Promise<void>;
+  renewMessageLock(message: ServiceBusLockedMessageLike): Promise<Date>;
+  /** Successive calls continue after the last message peeked. */
+  peekMessages(maxMessageCount: number): Promise<ServiceBusLockedMessageLike[]>;
+  close(): Promise<void>;
+}
+
 export interface ServiceBusClientLike {
   createSender(queueName: string): ServiceBusSenderLike;
   acceptSession(
@@ -45,16 +70,46 @@ export interface ServiceBusClientLike {
   close(): Promise<void>;
 }
 
+/** A client that can also receive from a queue: what the functions' side of the bus needs. */
+export interface ServiceBusReceivingClientLike extends ServiceBusClientLike {
+  createReceiver(
+    queueName: string,
+    options?: {
+      receiveMode?: "peekLock";
+      maxAutoLockRenewalDurationInMs?: number;
+      subQueueType?: "deadLetter";
+      skipParsingBodyAsJson?: boolean;
+    },
+  ): ServiceBusReceiverLike;
+}
+
 /**
  * How to reach Service Bus: a client the caller built and closes (shared between the agent's
- * channel and inbox, or a fake in tests), or a namespace and a credential (managed identity)
- * from which the adapter builds its own client on first use and closes it on `close()`.
+ * channel and inbox, or a fake in tests), or a namespace and a credential (managed identity),
+ * or a connection string with a shared access key or signature (the local endpoint, or a
+ * namespace without Entra ID), from which the adapter builds its own client on first use and
+ * closes it on `close()`.
  */
 export type ServiceBusConnection =
   | { readonly client: ServiceBusClientLike }
-  | { readonly fullyQualifiedNamespace: string; readonly credential: TokenCredential };
+  | { readonly fullyQualifiedNamespace: string; readonly credential: TokenCredential }
+  | { readonly connectionString: string };
 
 const NAMESPACE = /^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))+$/;
+
+type ServiceBusSdk = typeof ServiceBusSdkModule;
+
+/**
+ * The SDK module. It is CommonJS: Node's own loader gives its exports as named exports, but in
+ * the agent's esbuild bundle (ESM with split chunks) they arrive as the default export only.
+ */
+export async function loadServiceBusSdk(): Promise<ServiceBusSdk> {
+  const loaded: unknown = await import("@azure/service-bus");
+  const named = loaded as Partial<ServiceBusSdk>;
+  return typeof named.ServiceBusClient === "function"
+    ? (loaded as ServiceBusSdk)
+    : (loaded as { readonly default: ServiceBusSdk }).default;
+}
 
 /** Builds a real ServiceBusClient, loading the SDK only now. */
 export async function createServiceBusClient(
@@ -62,9 +117,52 @@ export async function createServiceBusClient(
   credential: TokenCredential,
 ): Promise<ServiceBusClientLike> {
   checkNamespace(fullyQualifiedNamespace);
-  const { ServiceBusClient } = await import("@azure/service-bus");
+  const { ServiceBusClient } = await loadServiceBusSdk();
   const client: ServiceBusClientLike = new ServiceBusClient(fullyQualifiedNamespace, credential);
   return client;
+}
+
+/**
+ * Builds a real ServiceBusClient from a connection string (`Endpoint=sb://…` with
+ * `SharedAccessKeyName` and `SharedAccessKey`, or `SharedAccessSignature`; `UseDevelopmentEmulator=true`
+ * for a local endpoint), loading the SDK only now. A malformed string is ERR_CONFIG that never
+ * repeats it, since it holds a key.
+ */
+export async function createServiceBusClientFromConnectionString(
+  connectionString: string,
+): Promise<ServiceBusReceivingClientLike> {
+  checkConnectionString(connectionString);
+  const { ServiceBusClient } = await loadServiceBusSdk();
+  const client: ServiceBusReceivingClientLike = new ServiceBusClient(connectionString);
+  return client;
+}
+
+/** True for what the SDK accepts as a Service Bus connection string; never says what was seen. */
+export function isServiceBusConnectionString(text: unknown): text is string {
+  if (typeof text !== "string" || text.length > 4096) return false;
+  const fields = new Map(
+    text
+      .split(";")
+      .filter((part) => part.trim() !== "")
+      .map((part) => {
+        const at = part.indexOf("=");
+        return [part.slice(0, at).trim().toLowerCase(), at < 0 ? "" : part.slice(at + 1)] as const;
+      }),
+  );
+  const endpoint = fields.get("endpoint") ?? "";
+  const keyed =
+    (fields.get("sharedaccesskeyname") ?? "") !== "" && (fields.get("sharedaccesskey") ?? "") !== "";
+  const signed = (fields.get("sharedaccesssignature") ?? "").startsWith("SharedAccessSignature ");
+  return /^sb:\/\/[^/\s]+\/?$/i.test(endpoint) && (keyed || signed);
+}
+
+function checkConnectionString(connectionString: string): void {
+  if (!isServiceBusConnectionString(connectionString)) {
+    throw new ShieldError(
+      "ERR_CONFIG",
+      "Service Bus connection string must hold Endpoint=sb://<host> and SharedAccessKeyName with SharedAccessKey, or SharedAccessSignature",
+    );
+  }
 }
 
 function checkNamespace(fullyQualifiedNamespace: string): void {
@@ -84,10 +182,11 @@ export class LazyServiceBusClient {
   constructor(connection: ServiceBusConnection) {
     if (typeof connection !== "object" || connection === null) {
       throw new TypeError(
-        "Service Bus connection must be { client } or { fullyQualifiedNamespace, credential }",
+        "Service Bus connection must be { client }, { fullyQualifiedNamespace, credential } or { connectionString }",
       );
     }
-    if (!("client" in connection)) checkNamespace(connection.fullyQualifiedNamespace);
+    if ("connectionString" in connection) checkConnectionString(connection.connectionString);
+    else if (!("client" in connection)) checkNamespace(connection.fullyQualifiedNamespace);
     this.#connection = connection;
   }
 
@@ -97,7 +196,9 @@ export class LazyServiceBusClient {
       this.#client =
         "client" in connection
           ? Promise.resolve(connection.client)
-          : createServiceBusClient(connection.fullyQualifiedNamespace, connection.credential);
+          : "connectionString" in connection
+            ? createServiceBusClientFromConnectionString(connection.connectionString)
+            : createServiceBusClient(connection.fullyQualifiedNamespace, connection.credential);
       // A failed build is tried again on the next use.
       this.#client.catch(() => {
         this.#client = undefined;
@@ -147,6 +248,27 @@ export function serviceBusError(operation: string, error: unknown): ShieldError 
   const mapped = code === undefined ? undefined : CODES[code];
   const said = `${operation}: Service Bus failed${code === undefined ? "" : ` with ${code}`}`;
   return new ShieldError(mapped ?? "ERR_IO", said, { cause: error });
+}
+
+/**
+ * Runs one SDK call with an abort signal of its own, aborted when `closing` is. The SDK adds an
+ * abort listener to the signal of every `receiveMessages` and leaves it there, so a long-lived
+ * signal passed on each call (an inbox waits in slices for as long as the agent runs) would
+ * collect one listener per call; this way only the short-lived signal holds them.
+ */
+export async function withCallSignal<T>(
+  closing: AbortSignal,
+  call: (signal: AbortSignal) => Promise<T>,
+): Promise<T> {
+  const own = new AbortController();
+  const abort = (): void => own.abort();
+  if (closing.aborted) own.abort();
+  else closing.addEventListener("abort", abort, { once: true });
+  try {
+    return await call(own.signal);
+  } finally {
+    closing.removeEventListener("abort", abort);
+  }
 }
 
 export function isAbortError(error: unknown): boolean {

@@ -101,8 +101,9 @@ async function buildRotationQueue(
   if (settings.bus.kind === "servicebus") {
     const { createServiceBusRotationQueue } = await import("../../adapters/servicebus/bus.js");
     return createServiceBusRotationQueue({
-      fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace,
-      credential: await credential(),
+      ...("connectionString" in settings.bus
+        ? { connectionString: settings.bus.connectionString }
+        : { fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace, credential: await credential() }),
       queue: settings.rotateKeyQueue,
     });
   }
@@ -139,10 +140,11 @@ async function buildAgentChannel(
 ): Promise<AgentChannel & { close(): Promise<void>; readonly maxBodyBytes: number }> {
   if (settings.bus.kind === "servicebus") {
     const { createServiceBusAgentChannel } = await import("../../adapters/servicebus/bus.js");
-    const channel = createServiceBusAgentChannel({
-      fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace,
-      credential: await credential(),
-    });
+    const channel = createServiceBusAgentChannel(
+      "connectionString" in settings.bus
+        ? { connectionString: settings.bus.connectionString }
+        : { fullyQualifiedNamespace: settings.bus.fullyQualifiedNamespace, credential: await credential() },
+    );
     // Service Bus Standard carries 256 KiB per message; keep room for headers.
     return Object.assign(channel, { maxBodyBytes: 240_000 });
   }

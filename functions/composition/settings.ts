@@ -11,6 +11,7 @@ import { RELEASE_ENCRYPTIONS, type ReleaseEncryption } from "../../core/keywrap/
 import { CONTROL_ALGORITHMS, type ControlAlgorithm } from "../../core/ports/control-signer.js";
 import { parseKeyLifecycles, type KeyLifecycles } from "../../core/lifecycle/keys.js";
 import { checkSchedule, DEFAULT_REATTEST_SCHEDULE, DEFAULT_ROTATION_SCHEDULE } from "./schedules.js";
+import { isServiceBusConnectionString } from "../../adapters/servicebus/client.js";
 
 const url = z.string().url();
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
@@ -30,6 +31,11 @@ const schema = z.object({
   SHIELD_BUS: z.enum(["servicebus", "storage-queue"]).default("servicebus"),
   /** Service Bus namespace for identity-based connections (`<ns>.servicebus.windows.net`). */
   ServiceBusConnection__fullyQualifiedNamespace: z.string().min(1).optional(),
+  /**
+   * A Service Bus connection string in the same setting the trigger's `connection` names (the
+   * Functions convention): the local endpoint, or a namespace without Entra ID.
+   */
+  ServiceBusConnection: z.string().min(1).optional(),
   SHIELD_BUS_CONNECTION: z.string().min(1).optional(),
   SHIELD_APPRAISAL_POLICY: z.string().min(2),
   SHIELD_ATTESTATION_PERIOD_SECONDS: positiveInt(3600),
@@ -181,6 +187,7 @@ export interface FunctionsSettings {
       };
   readonly bus:
     | { readonly kind: "servicebus"; readonly fullyQualifiedNamespace: string }
+    | { readonly kind: "servicebus"; readonly connectionString: string }
     | { readonly kind: "storage-queue"; readonly connectionString: string };
   readonly appraisal: AppraisalPolicy;
   readonly attestationPeriodSeconds: number;
@@ -238,14 +245,25 @@ export function readSettings(env: Readonly<Record<string, string | undefined>>):
     });
   let bus: FunctionsSettings["bus"] | undefined;
   if (s.SHIELD_BUS === "servicebus") {
-    if (s.ServiceBusConnection__fullyQualifiedNamespace === undefined) {
+    if (s.ServiceBusConnection__fullyQualifiedNamespace !== undefined) {
+      bus = { kind: "servicebus", fullyQualifiedNamespace: s.ServiceBusConnection__fullyQualifiedNamespace };
+    } else if (s.ServiceBusConnection !== undefined) {
+      if (isServiceBusConnectionString(s.ServiceBusConnection)) {
+        bus = { kind: "servicebus", connectionString: s.ServiceBusConnection };
+      } else {
+        problems.push({
+          field: "ServiceBusConnection",
+          expected: "a Service Bus connection string (Endpoint=sb://… and a key or a signature)",
+          actual: "invalid",
+        });
+      }
+    } else {
       problems.push({
         field: "ServiceBusConnection__fullyQualifiedNamespace",
-        expected: "the Service Bus namespace",
+        expected: "the Service Bus namespace (or a ServiceBusConnection connection string)",
         actual: "missing",
       });
-    } else
-      bus = { kind: "servicebus", fullyQualifiedNamespace: s.ServiceBusConnection__fullyQualifiedNamespace };
+    }
   } else if (s.SHIELD_BUS_CONNECTION === undefined) {
     problems.push({
       field: "SHIELD_BUS_CONNECTION",

@@ -1,8 +1,9 @@
 /**
  * The agent as its image runs it: the esbuild bundle in a separate `node` process with the image's
  * flags (among them `--jitless`, under which there is no WebAssembly and so no `fetch`), against
- * the local stack. It must reach `ready` and round trip a value through its encryption API; how
- * fast and how small is the benchmark's business.
+ * the local stack, over Storage Queues and over Service Bus (the local AMQP endpoint). It must
+ * reach `ready` and round trip a value through its encryption API; how fast and how small is the
+ * benchmark's business.
  */
 import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
@@ -21,5 +22,13 @@ describe("bundled agent under the image's node flags", () => {
     const result = await benchAgent({ settleMs: 100 });
     expect(result.agentReadyMs).toBeGreaterThan(0);
     expect(result.bundleBytes).toBeGreaterThan(0);
+  }, 120_000);
+
+  it("attests and receives its key over Service Bus (the production transport) under the same flags", async () => {
+    // The agent's real Service Bus transport and @azure/service-bus inside the bundle, against
+    // the local AMQP endpoint; the functions' side sends the result to the agent's session.
+    const result = await benchAgent({ settleMs: 100, transport: "servicebus" });
+    expect(result.agentReadyMs).toBeGreaterThan(0);
+    expect(result.agentRssBytes).toBeGreaterThan(0);
   }, 120_000);
 });

@@ -164,6 +164,26 @@ describe("agent configuration", () => {
     expect(`${String(config.bus.storageConnectionString)}`).toBe("[redacted]");
   });
 
+  it("takes a Service Bus connection string instead of the namespace, and never echoes it", () => {
+    const key = "c2VydmljZS1idXMta2V5LW1hdGVyaWFs";
+    const text = `Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=agent;SharedAccessKey=${key};UseDevelopmentEmulator=true`;
+    const config = ok({ SHIELD_SERVICEBUS_CONNECTION_STRING: text });
+    expect(config.bus.serviceBusConnectionString?.reveal()).toBe(text);
+    expect(JSON.stringify(config)).not.toContain(key);
+    expect(inspect(config, { depth: 10 })).not.toContain(key);
+    const required = startRequirements(config).filter((problem) => problem.includes("SERVICEBUS"));
+    expect(required).toEqual([]);
+    for (const bad of [
+      `Endpoint=https://127.0.0.1;SharedAccessKeyName=agent;SharedAccessKey=${key}`,
+      `Endpoint=sb://127.0.0.1;SharedAccessKeyName=agent`,
+      `SharedAccessKeyName=agent;SharedAccessKey=${key}`,
+    ]) {
+      const found = problems({ SHIELD_SERVICEBUS_CONNECTION_STRING: bad });
+      expect(found[0]).toContain("SHIELD_SERVICEBUS_CONNECTION_STRING");
+      expect(found.join("\n")).not.toContain(key);
+    }
+  });
+
   it("says what the bus round trip still needs", () => {
     const signer =
       "SHIELD_RELEASE_SIGNER_CA_FILE or SHIELD_RELEASE_SIGNER_HOST: required to verify who signed the keys Key Vault releases";
@@ -176,7 +196,7 @@ describe("agent configuration", () => {
     };
     expect(startRequirements(ok({}))).toEqual([
       "SHIELD_KEYS: at least one Key Vault key name is needed",
-      "SHIELD_SERVICEBUS_NAMESPACE: required when SHIELD_BUS=servicebus",
+      "SHIELD_SERVICEBUS_NAMESPACE (or SHIELD_SERVICEBUS_CONNECTION_STRING): required when SHIELD_BUS=servicebus",
       signer,
       controlKeys,
       vault,

@@ -53,3 +53,37 @@ describe("control-plane settings", () => {
     }
   });
 });
+
+describe("Service Bus connection settings", () => {
+  const { ServiceBusConnection__fullyQualifiedNamespace: _namespace, ...withoutNamespace } = BASE;
+  const key = "c2VydmljZS1idXMta2V5LW1hdGVyaWFs";
+
+  it("takes the namespace (managed identity) or a connection string in ServiceBusConnection", () => {
+    expect(readSettings(BASE).bus).toEqual({
+      kind: "servicebus",
+      fullyQualifiedNamespace: "contoso.servicebus.windows.net",
+    });
+    const connectionString = `Endpoint=sb://127.0.0.1:5672;SharedAccessKeyName=functions;SharedAccessKey=${key};UseDevelopmentEmulator=true`;
+    expect(readSettings({ ...withoutNamespace, ServiceBusConnection: connectionString }).bus).toEqual({
+      kind: "servicebus",
+      connectionString,
+    });
+  });
+
+  it("names the setting, never its value, when the connection string is malformed or missing", () => {
+    expect(problemFields(() => readSettings(withoutNamespace))).toEqual([
+      "ServiceBusConnection__fullyQualifiedNamespace",
+    ]);
+    let caught: unknown;
+    try {
+      readSettings({
+        ...withoutNamespace,
+        ServiceBusConnection: `Endpoint=https://x;SharedAccessKey=${key}`,
+      });
+    } catch (error) {
+      caught = error;
+    }
+    expect((caught as ShieldError).violations.map((v) => v.field)).toEqual(["ServiceBusConnection"]);
+    expect(JSON.stringify((caught as ShieldError).toJSON())).not.toContain(key);
+  });
+});
