@@ -7,9 +7,8 @@
  * preview SDK bindings), and the error names the reason.
  */
 import { app, type InvocationContext } from "@azure/functions";
-import { ShieldError, isShieldErrorCode } from "../core/errors.js";
 import { composition } from "./composition/root.js";
-import { contextLogger, serviceBusDelivery } from "./composition/invocation.js";
+import { contextLogger, serviceBusDelivery, settle } from "./composition/invocation.js";
 
 export const attestTrigger = {
   connection: "ServiceBusConnection",
@@ -19,18 +18,7 @@ export const attestTrigger = {
 export async function attest(message: unknown, context: InvocationContext): Promise<void> {
   const { attest: handle } = await composition();
   const outcome = await handle(message, serviceBusDelivery(context), contextLogger(context));
-  const settlement = outcome.settlement;
-  switch (settlement.action) {
-    case "complete":
-      return;
-    case "retry":
-      throw settlement.error;
-    case "dead-letter":
-      throw new ShieldError(
-        isShieldErrorCode(settlement.reason) ? settlement.reason : "ERR_INTERNAL",
-        `final delivery failed; dead-letter: ${settlement.description}`,
-      );
-  }
+  settle(outcome.settlement);
 }
 
 app.serviceBusQueue("attest", { ...attestTrigger, handler: attest });

@@ -5,9 +5,8 @@
  * a final transient failure is recorded and then thrown so Service Bus dead-letters it.
  */
 import { app, type InvocationContext } from "@azure/functions";
-import { ShieldError, isShieldErrorCode } from "../core/errors.js";
 import { composition } from "./composition/root.js";
-import { contextLogger, serviceBusDelivery } from "./composition/invocation.js";
+import { contextLogger, serviceBusDelivery, settle } from "./composition/invocation.js";
 
 export const rotateTrigger = {
   connection: "ServiceBusConnection",
@@ -18,18 +17,7 @@ export const rotateTrigger = {
 export async function rotate(message: unknown, context: InvocationContext): Promise<void> {
   const { rotate: handle } = await composition();
   const outcome = await handle(message, serviceBusDelivery(context), contextLogger(context));
-  const settlement = outcome.settlement;
-  switch (settlement.action) {
-    case "complete":
-      return;
-    case "retry":
-      throw settlement.error;
-    case "dead-letter":
-      throw new ShieldError(
-        isShieldErrorCode(settlement.reason) ? settlement.reason : "ERR_INTERNAL",
-        `final delivery failed; dead-letter: ${settlement.description}`,
-      );
-  }
+  settle(outcome.settlement);
 }
 
 app.serviceBusQueue("rotate", { ...rotateTrigger, handler: rotate });

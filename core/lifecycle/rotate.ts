@@ -48,6 +48,7 @@ import {
   type RequestLease,
   type StateStore,
 } from "../ports/state.js";
+import type { Settlement } from "../attest/attest.js";
 import type { KeyLifecycles } from "./keys.js";
 import { keyAuditPartition } from "./revoke.js";
 
@@ -76,10 +77,7 @@ export interface RotationConfig {
 export type RotationOutcomeKind = "rotated" | "adopted" | "unchanged" | "duplicate" | "refused" | "rejected";
 
 export interface RotationOutcome {
-  readonly settlement:
-    | { readonly action: "complete" }
-    | { readonly action: "retry"; readonly error: ShieldError }
-    | { readonly action: "dead-letter"; readonly reason: string; readonly description: string };
+  readonly settlement: Settlement;
   readonly outcome?: RotationOutcomeKind;
   readonly keyName?: string;
   readonly version?: string;
