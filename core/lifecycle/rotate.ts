@@ -5,7 +5,8 @@
  *
  * A `rotate-key` message is handled once per `sourceEventId` (a request claim in state: two
  * deliveries of one event rotate once) and one key at a time (a lease in state per key, so a
- * transport without sessions is as safe as a Service Bus session per key). Then:
+ * transport without sessions is as safe as a Service Bus session per key; the same lease the
+ * rollout holds while it changes the key's policies, core/lifecycle/key-lock.ts). Then:
  *
  * - **near-expiry / expired / revocation** naming the version they concern: when the key's
  *   current version is another one, it was rotated since and nothing new is made (a version made
@@ -51,6 +52,7 @@ import {
 import type { Settlement } from "../attest/attest.js";
 import type { KeyLifecycles } from "./keys.js";
 import { keyAuditPartition } from "./revoke.js";
+import { tryLockKey, unlockKey } from "./key-lock.js";
 
 export interface RotationPorts {
   readonly state: StateStore;
@@ -87,7 +89,6 @@ export interface RotationOutcome {
 
 export const ROTATION_AUDIT_INTAKE = "intake";
 const DEFAULT_LEASE_SECONDS = 120;
-const KEY_LOCK_SCOPE = "key-lock";
 
 const digest = (text: string): string => createHash("sha256").update(text, "utf8").digest("hex").slice(0, 40);
 
@@ -189,19 +190,16 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
       }
       return { settlement: { action: "complete" }, outcome: "refused", keyName, code: error.code };
     } finally {
-      if (lock !== undefined) await state.releaseRequest(lock).catch(() => undefined);
+      if (lock !== undefined) await unlockKey(state, lock);
     }
   }
 
   async function lockKey(keyName: string, now: Date): Promise<RequestLease> {
-    const claim = await state.claimRequest(
-      { scope: KEY_LOCK_SCOPE, requestId: keyName },
-      { at: now, leaseUntil: new Date(now.getTime() + leaseMs) },
-    );
-    if (claim.state !== "new") {
-      throw new ShieldError("ERR_CONFLICT", `key ${keyName} is being rotated by another invocation`);
+    const lease = await tryLockKey(state, keyName, now, leaseMs);
+    if (lease === undefined) {
+      throw new ShieldError("ERR_CONFLICT", `key ${keyName} is being rotated or its policy updated`);
     }
-    return claim.lease;
+    return lease;
   }
 
   async function run(message: RotateKey): Promise<Omit<RotationOutcome, "settlement" | "keyName">> {

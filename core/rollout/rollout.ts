@@ -3,9 +3,10 @@
  * key and to Shield's appraisal policy in state, schedules the old one's retirement for when its
  * grace period ends, and the retirement step then removes it from both.
  *
- * One key at a time: every change of a key runs under that key's lease (PolicyStateStore), so
- * concurrent deployments and the retirement timer queue up instead of overwriting each other's
- * policy writes; each reads the key's current policies only once it holds the lease.
+ * One key at a time: every change of a key runs under that key's lease (the one rotations hold
+ * too, core/lifecycle/key-lock.ts), so concurrent deployments, the retirement timer and
+ * rotations queue up instead of overwriting each other's policy writes; each reads the key's
+ * current policies only once it holds the lease.
  *
  * For each key, in this order:
  * 1. **plan**: every releasable version (enabled, exportable, not expired, with a policy) is
@@ -15,7 +16,9 @@
  * 2. **write and read back**: each changed policy goes through the key store's write guard (the
  *    debug and attestation-type conditions can never be dropped), is read back and compared by
  *    meaning (`ERR_POLICY_READBACK` when Key Vault holds something else);
- * 3. **appraisal state**: the key's allowed measurements in state follow.
+ * 3. **managed policy**: the release policy Shield keeps for the key (the one rotations give new
+ *    versions) gets the same edit, so rotation and rollout never undo each other;
+ * 4. **appraisal state**: the key's allowed measurements in state follow.
  * Adding writes Key Vault first and state second, retiring the other way round: in between, the
  * appraisal policy is the stricter of the two, so the two policies can disagree only in the
  * direction that denies.
@@ -36,16 +39,21 @@ import type {
   PolicyStateStore,
   VersionProgress,
 } from "../ports/policy-state.js";
-import type { StateStore } from "../ports/state.js";
+import type { ManagedKeyRecord, RequestLease, StateStore } from "../ports/state.js";
+import { tryLockKey, unlockKey } from "../lifecycle/key-lock.js";
+import { keyAuditPartition } from "../lifecycle/revoke.js";
 import { changeWithRetry } from "./retry-change.js";
-import { editMeasurements, samePolicyMeaning } from "./policy-edit.js";
+import { editMeasurements, samePolicyMeaning, type MeasurementEdit } from "./policy-edit.js";
 import { seedKeyPolicy } from "./appraisal-source.js";
 
 export interface RolloutPorts {
   /** The key store, wrapped with the release-policy write guard (both adapters are). */
   readonly keys: KeyStore;
   readonly policyState: PolicyStateStore;
-  /** For the audit log only. */
+  /**
+   * The audit log, the per-key lease shared with rotations, and the release policy Shield keeps
+   * for managed keys (ManagedKeyState), which rotations give every new or repaired version.
+   */
   readonly state: StateStore;
   readonly clock: Clock;
   readonly random: Random;
@@ -128,22 +136,23 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
   const leaseWaitMs = config.leaseWaitMs ?? DEFAULT_LEASE_WAIT_MS;
   const sleep = ports.sleep ?? defaultSleep;
 
-  /** Runs `work` holding the key's lease; ERR_CONFLICT (transient) when it stays busy. */
+  /**
+   * Runs `work` holding the key's lease — the one rotations take too (core/lifecycle/key-lock.ts),
+   * so a rotation never makes or repairs a version from a policy this change is replacing;
+   * ERR_CONFLICT (transient) when the key stays busy.
+   */
   async function underLease<T>(keyName: string, work: () => Promise<T>): Promise<T> {
-    const holder = ports.random.uuid();
     const started = clock.now().getTime();
     let delay = 25;
+    let lease: RequestLease | undefined;
     for (;;) {
-      const at = clock.now();
-      if (
-        await policyState.acquireKeyLease(keyName, holder, {
-          at,
-          leaseUntil: new Date(at.getTime() + leaseMs),
-        })
-      )
-        break;
+      lease = await tryLockKey(ports.state, keyName, clock.now(), leaseMs);
+      if (lease !== undefined) break;
       if (clock.now().getTime() - started > leaseWaitMs) {
-        throw new ShieldError("ERR_CONFLICT", `key ${keyName} is busy with another policy update`);
+        throw new ShieldError(
+          "ERR_CONFLICT",
+          `key ${keyName} is busy with a rotation or another policy update`,
+        );
       }
       await sleep(delay + Math.floor(ports.random.bytes(1)[0]! / 4));
       delay = Math.min(delay * 2, 1_000);
@@ -151,7 +160,7 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     try {
       return await work();
     } finally {
-      await policyState.releaseKeyLease(keyName, holder);
+      await unlockKey(ports.state, lease);
     }
   }
 
@@ -229,6 +238,43 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     return out;
   }
 
+  /**
+   * The release policy Shield keeps for a managed key (the one a rotation gives its new
+   * version, and repairs versions back to) follows every edit of the versions, so a rotation
+   * after a rollout carries the new measurement and one after a retirement does not bring the
+   * retired one back. Checked before any write (an unsafe edit refuses the key), written after
+   * the versions. A key that is not managed yet needs nothing: it becomes managed with its
+   * current version's policy, which the rollout has already changed.
+   */
+  async function checkManagedEdit(keyName: string, edit: MeasurementEdit): Promise<void> {
+    const managed = await ports.state.getManagedKey(keyName);
+    if (managed !== undefined) editMeasurements(managed.releasePolicy, edit);
+  }
+
+  async function writeManagedPolicy(
+    keyName: string,
+    edit: MeasurementEdit,
+    audit: { kind: string; deploymentId: string; change: string },
+  ): Promise<void> {
+    let changed = false;
+    await changeWithRetry(async () => {
+      const managed: ManagedKeyRecord | undefined = await ports.state.getManagedKey(keyName);
+      if (managed === undefined) return;
+      const next = editMeasurements(managed.releasePolicy, edit);
+      if (samePolicyMeaning(managed.releasePolicy, next)) return;
+      const { etag, ...rest } = managed;
+      await ports.state.putManagedKey({ ...rest, releasePolicy: next, updatedAt: clock.now() }, etag);
+      changed = true;
+    });
+    if (!changed) return;
+    await ports.state.appendAudit(keyAuditPartition(keyName), {
+      at: clock.now(),
+      kind: `managed-${audit.kind}`,
+      subject: keyName,
+      details: { deploymentId: audit.deploymentId, change: audit.change },
+    });
+  }
+
   function planOf(planned: readonly PlannedVersion[]): VersionPlan[] {
     return planned.map((p) => {
       if (p.outcome !== "update" || p.next === undefined)
@@ -304,12 +350,16 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     },
   ): Promise<VersionProgress[]> {
     return underLease(keyName, async () => {
-      const planned = await planVersions(keyName, { add: update.add, remove: [] });
-      const versions = await writeVersions(keyName, planned, {
+      const edit = { add: update.add, remove: [] };
+      const planned = await planVersions(keyName, edit);
+      await checkManagedEdit(keyName, edit);
+      const audit = {
         kind: "policy-updated",
         deploymentId: update.deploymentId,
         change: `add ${update.add.map(describe).join(" ")}`,
-      });
+      };
+      const versions = await writeVersions(keyName, planned, audit);
+      await writeManagedPolicy(keyName, edit, audit);
       await changeWithRetry(async () => {
         const state = await currentState(keyName);
         await writeState(stateAfterAdd(state, update), state);
@@ -349,12 +399,16 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     });
     if (retired.length === 0) return { retired, versions: [] };
     // Retired earlier but still in a policy (a write that failed before): removed now as well.
-    const planned = await planVersions(keyName, { add: [], remove: retiredAll });
-    const versions = await writeVersions(keyName, planned, {
+    const edit = { add: [], remove: retiredAll };
+    const planned = await planVersions(keyName, edit);
+    await checkManagedEdit(keyName, edit);
+    const audit = {
       kind: "measurement-retired",
       deploymentId: "retirement",
       change: `retire ${retiredAll.map(describe).join(" ")}`,
-    });
+    };
+    const versions = await writeVersions(keyName, planned, audit);
+    await writeManagedPolicy(keyName, edit, audit);
     return { retired, versions };
   }
 

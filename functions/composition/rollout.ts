@@ -10,7 +10,7 @@ import { retrying, type RetryPolicy } from "../../core/retry.js";
 import { createAuthenticator } from "../../core/deploy/authenticate.js";
 import { createDeploymentsHandler, errorAnswer, type HttpAnswer } from "../../core/deploy/deployments.js";
 import type { PolicyUpdate } from "../../core/messages/index.js";
-import { systemClock, systemRandom } from "../../core/ports/clock.js";
+import { systemRandom, type Clock } from "../../core/ports/clock.js";
 import type { KeyStore } from "../../core/ports/key-store.js";
 import type { Logger } from "../../core/ports/logger.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
@@ -47,15 +47,18 @@ export async function buildRolloutHandlers(
     readonly policyState: PolicyStateStore;
     readonly keyVaultCredential: TokenCredentialLike;
     readonly logger: Logger;
+    /** The composition's clock (configureComposition), so the retirement timer follows it too. */
+    readonly clock: Clock;
   },
 ): Promise<RolloutHandlers> {
   const deploy = settings.deploy;
+  const clock = ports.clock;
   const rollout = createRollout(
     {
       keys: ports.keys,
       policyState: ports.policyState,
       state: retrying(ports.state, ROLLOUT_RETRY),
-      clock: systemClock,
+      clock,
       random: systemRandom,
       logger: ports.logger,
     },
@@ -73,11 +76,11 @@ export async function buildRolloutHandlers(
               secrets: createKeyVaultSecretReader({
                 vaultUrl: settings.keyVaultUrl,
                 credential: ports.keyVaultCredential,
-                clock: systemClock,
+                clock,
               }),
             }),
         ...(deploy.oidc === undefined ? {} : { oidcKeys: createRemoteJWKSet(new URL(deploy.oidc.jwksUrl)) }),
-        clock: systemClock,
+        clock,
       },
       {
         ...(deploy.hmacSecretName === undefined ? {} : { hmac: { secretName: deploy.hmacSecretName } }),
@@ -91,7 +94,7 @@ export async function buildRolloutHandlers(
         keys: ports.keys,
         policyState: ports.policyState,
         enqueue: () => Promise.reject(new ShieldError("ERR_CONFIG", "no policy-update queue")),
-        clock: systemClock,
+        clock,
         random: systemRandom,
         logger: ports.logger,
       },
@@ -115,7 +118,7 @@ export async function buildRolloutHandlers(
         state: ports.state,
         keys: ports.keys,
         policyState: ports.policyState,
-        clock: systemClock,
+        clock,
       }),
   };
 }

@@ -285,6 +285,7 @@ export async function buildComposition(
     policyState,
     keyVaultCredential,
     logger: logs.logger,
+    clock: systemClock,
   });
   return {
     settings,

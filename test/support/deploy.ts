@@ -31,6 +31,7 @@ import { encodeReleasePolicy, renderReleasePolicy, type ReleasePolicy } from "..
 import { fixedClock, systemRandom } from "../../core/ports/clock.js";
 import type { KeyStore } from "../../core/ports/key-store.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
+import type { StateStore } from "../../core/ports/state.js";
 import { createRollout } from "../../core/rollout/rollout.js";
 import { createKeyVaultFixture, type KeyVaultFixture } from "../contract/key-store.fixtures.js";
 
@@ -47,6 +48,8 @@ export interface DeployHarness {
   /** Through the real SDK, as the functions reach Key Vault. */
   readonly keys: KeyStore;
   readonly policyState: PolicyStateStore;
+  /** The state store the rollout writes its audit, the key lease and managed keys to. */
+  readonly state: StateStore;
   readonly clock: ReturnType<typeof fixedClock>;
   readonly seed: AppraisalPolicy;
   readonly hmacSecret: string;
@@ -153,6 +156,7 @@ export async function startDeployHarness(
     server,
     keys,
     policyState,
+    state,
     clock,
     seed,
     hmacSecret,
