@@ -2,8 +2,8 @@
  * A measurement rollout end to end: a pipeline's signed `POST /api/deployments` through the
  * exported function (HMAC key read from the local Key Vault's secrets by the real
  * `@azure/keyvault-secrets` client), the queued `policy-update` through the `policy-updates`
- * function, then the retirement step with a clock the test moves past the grace period — over the
- * same adapters the functions use: the real Key Vault SDK against the local server and Table
+ * function, then the `retirement` timer function on the composition's clock, which the test moves
+ * past the grace period — over the same adapters the functions use: the real Key Vault SDK against the local server and Table
  * Storage on Azurite. Afterwards exactly the new measurement remains in every version's release
  * policy and in the appraisal policy, an agent running the new image gets its key through the
  * `attest` function, and one still running the old image is denied with ERR_MEASUREMENT_RETIRED.
@@ -16,9 +16,7 @@ import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../../adapters/local/keyvault/credential.js";
 import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
 import { createTablePolicyStateStore } from "../../adapters/state/policy-table.js";
-import { createTableStateStore } from "../../adapters/state/table.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
-import { parseAppraisalPolicy } from "../../core/appraisal/index.js";
 import {
   DELIVERY_HEADER,
   SIGNATURE_HEADER,
@@ -30,11 +28,11 @@ import {
   type SimulatedSnpPlatform,
 } from "../../core/evidence/simulated/sevsnp.js";
 import { policyMeasurements, renderReleasePolicy } from "../../core/policy/index.js";
-import { fixedClock, systemRandom } from "../../core/ports/clock.js";
+import { fixedClock } from "../../core/ports/clock.js";
 import type { KeyStore } from "../../core/ports/key-store.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
-import { createRollout } from "../../core/rollout/rollout.js";
-import { resetComposition } from "../../functions/composition/root.js";
+import { configureComposition, resetComposition } from "../../functions/composition/root.js";
+import { retirement } from "../../functions/retirement.js";
 import { getDeployment } from "../../functions/deployment-status.js";
 import { policyUpdatesOutput, postDeployment } from "../../functions/deployments.js";
 import { policyUpdates } from "../../functions/policy-updates.js";
@@ -59,10 +57,19 @@ let policyState: PolicyStateStore;
 let tableName: string;
 
 const context = invocation;
-const attestAs = (hostData: string) => attestAsAgent({ stack, bus, platform, runtimeKey }, hostData, [KEY]);
+/** The composition's clock: the functions (the retirement timer among them) read it. */
+const clock = fixedClock(new Date());
+const attestAs = (hostData: string) =>
+  attestAsAgent({ stack, bus, platform, runtimeKey, now: () => clock.now() }, hostData, [KEY]);
+
+const timer = {
+  isPastDue: false,
+  schedule: { adjustForDST: false },
+  scheduleStatus: { last: "", next: "", lastUpdated: "" },
+};
 
 function signedRequest(body: string): HttpRequest {
-  const timestamp = String(Math.floor(Date.now() / 1000));
+  const timestamp = String(Math.floor(clock.now().getTime() / 1000));
   return new HttpRequest({
     method: "POST",
     url: "http://localhost/api/deployments",
@@ -98,6 +105,7 @@ beforeAll(async () => {
   });
   stack.keyVault.secrets.set(SECRET_NAME, SECRET);
   Object.assign(process.env, stack.settings, { SHIELD_DEPLOY_HMAC_SECRET_NAME: SECRET_NAME });
+  configureComposition({ clock });
   await resetComposition();
   bus = createStorageQueueBus({ connectionString });
   keys = createKeyVaultKeyStore({
@@ -114,6 +122,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await resetComposition();
+  configureComposition({});
   delete process.env["SHIELD_DEPLOY_HMAC_SECRET_NAME"];
   await bus?.close();
   await stack?.close();
@@ -158,23 +167,12 @@ describe("a rollout from webhook to retirement", () => {
     expect((await attestAs(NEW_HOST_DATA)).verdict).toBe("trusted");
     expect((await attestAs(OLD_HOST_DATA)).verdict).toBe("trusted");
 
-    // The retirement step, with a clock past the grace period, over the functions' own adapters.
-    const clock = fixedClock(new Date(Date.now() + 601_000));
-    const retire = createRollout(
-      {
-        keys,
-        policyState,
-        state: await createTableStateStore({ connectionString: azuriteConnectionString(), tableName }),
-        clock,
-        random: systemRandom,
-        logger: () => undefined,
-      },
-      { seed: parseAppraisalPolicy(APPRAISAL) },
-    );
-    const report = await retire.retireDue();
-    expect(report.keys.find((k) => k.keyName === KEY)?.retired).toEqual([
-      { tee: "sevsnp", hostData: OLD_HOST_DATA },
-    ]);
+    // The retirement timer, once the composition's clock is past the grace period.
+    clock.advance(599_000);
+    await retirement(timer, context("retirement"));
+    expect(await hostDataPerVersion()).toEqual(Array(3).fill([NEW_HOST_DATA, OLD_HOST_DATA].sort()));
+    clock.advance(2_000);
+    await retirement(timer, context("retirement"));
     expect(await hostDataPerVersion()).toEqual(Array(3).fill([NEW_HOST_DATA]));
     const appraisal = (await policyState.getKeyPolicy(KEY))!;
     expect(appraisal.allowed.map((a) => a.measurement)).toEqual([{ tee: "sevsnp", hostData: NEW_HOST_DATA }]);

@@ -24,6 +24,8 @@ export interface AttestingAgentSetup {
   readonly bus: StorageQueueBus;
   readonly platform: SimulatedSnpPlatform;
   readonly runtimeKey: RuntimeKey;
+  /** The time the agent lives at (the composition's clock when a test moves it; default now). */
+  readonly now?: () => Date;
 }
 
 export function invocation(name: string): InvocationContext {
@@ -43,7 +45,7 @@ async function nextMessage(setup: AttestingAgentSetup, agentId: string) {
     const verified = await verifyControlMessage(received.body, {
       keys: controlKeySet(setup.stack.controlKeys),
       agentId,
-      at: new Date(),
+      at: setup.now?.() ?? new Date(),
     });
     return verified.message;
   } finally {
@@ -59,7 +61,7 @@ export async function attestAs(
   agentId = `agent-${randomUUID().slice(0, 8)}`,
 ): Promise<AttestationResult> {
   await attest(
-    makeChallengeRequest({ agentId, workload: "orders", tee: "sevsnp", sentAt: new Date() }),
+    makeChallengeRequest({ agentId, workload: "orders", tee: "sevsnp", sentAt: setup.now?.() ?? new Date() }),
     invocation("attest"),
   );
   const challenge = await nextMessage(setup, agentId);
@@ -88,7 +90,7 @@ export async function attestAs(
       runtimeData: runtimeData.base64url,
       keys: [...keys],
       challenge: challenge.nonce,
-      sentAt: new Date(),
+      sentAt: setup.now?.() ?? new Date(),
     }),
     invocation("attest"),
   );
