@@ -14,18 +14,7 @@ import { isShieldError } from "../core/errors.js";
 import { IDENTIFIER_PATTERN } from "../core/messages/fields.js";
 import { composition } from "./composition/root.js";
 import { contextLogger } from "./composition/invocation.js";
-
-function operatorOf(request: HttpRequest): string {
-  const principal = request.headers.get("x-ms-client-principal-name");
-  // eslint-disable-next-line no-control-regex -- excluding control characters is the point
-  if (principal !== null && /^[^\u0000-\u001f\u007f]{1,128}$/.test(principal)) return principal;
-  return "function-key";
-}
-
-function requestIdOf(context: InvocationContext): string {
-  const id = context.invocationId.replace(/[^A-Za-z0-9._:-]/g, "").slice(0, 100);
-  return id === "" ? "operator" : id;
-}
+import { json, operatorOf, requestIdOf } from "./composition/operator.js";
 
 async function act(
   action: "revoke" | "reinstate",
@@ -59,10 +48,6 @@ export const revokeAgent = (request: HttpRequest, context: InvocationContext) =>
   act("revoke", request, context);
 export const reinstateAgent = (request: HttpRequest, context: InvocationContext) =>
   act("reinstate", request, context);
-
-function json(status: number, body: unknown): HttpResponseInit {
-  return { status, jsonBody: body, headers: { "content-type": "application/json" } };
-}
 
 app.http("agent-revoke", {
   methods: ["POST"],

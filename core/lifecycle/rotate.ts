@@ -519,7 +519,36 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
     return true;
   }
 
-  return { handle, scheduleTick };
+  // ---------------------------------------------------------------------------------------
+  // an operator's "rotate now"
+
+  /**
+   * Queues a `rotate-key` (reason `manual`) for an operator, after checking the key exists, and
+   * records who asked. The rotation itself runs in the `rotate` function like every other one, so
+   * it stays serialised with the key's other rotations and policy updates (one lease per key).
+   * A key the store does not know is ERR_CONFIG (nothing queued, nothing recorded).
+   */
+  async function requestRotation(
+    keyName: string,
+    by: { operator: string; requestId: string },
+  ): Promise<{ keyName: string; currentVersion: string; sourceEventId: string }> {
+    const current = await keys.getKey(keyName);
+    const now = clock.now();
+    const sourceEventId = `operator-${by.requestId}`.slice(0, 128); // an identifier: at most 128
+    await state.appendAudit(keyAuditPartition(keyName), {
+      at: now,
+      kind: "key-rotation-requested",
+      subject: keyName,
+      requestId: by.requestId,
+      details: { operator: by.operator, reason: "manual", currentVersion: current.version, sourceEventId },
+      eventId: `key-rotation-requested:${sourceEventId}`,
+    });
+    await rotations.enqueueRotation(makeRotateKey({ keyName, reason: "manual", sourceEventId, sentAt: now }));
+    logger("info", "rotation requested by an operator", { keyName, sourceEventId });
+    return { keyName, currentVersion: current.version, sourceEventId };
+  }
+
+  return { handle, scheduleTick, requestRotation };
 }
 
 export type Rotation = ReturnType<typeof createRotation>;

@@ -59,6 +59,12 @@ export interface Composition {
       by: { operator: string; requestId: string },
       logger: Logger,
     ): Promise<{ changed: boolean; previousReason?: string }>;
+    /** Queues a `rotate-key` (reason `manual`) for the key, audited with the operator's name. */
+    rotateKey(
+      keyName: string,
+      by: { operator: string; requestId: string },
+      logger: Logger,
+    ): Promise<{ keyName: string; currentVersion: string; sourceEventId: string }>;
   };
   /** Deployments, policy updates and retirement (rollout.ts). */
   readonly rollout: RolloutHandlers;
@@ -299,6 +305,7 @@ export async function buildComposition(
       revoke: (agentId, by, logger) =>
         logs.use(logger, () => revoker.revoke(agentId, { kind: "operator", ...by })),
       reinstate: (agentId, by, logger) => logs.use(logger, () => revoker.reinstate(agentId, by)),
+      rotateKey: (keyName, by, logger) => logs.use(logger, () => rotation.requestRotation(keyName, by)),
     },
     close: async () => {
       await agents.close();

@@ -16,6 +16,7 @@ import { rotate } from "../../functions/rotate.js";
 import { rotationScheduleTick } from "../../functions/rotation-schedule.js";
 import { keyVaultEvent, keyVaultEventsWebhook } from "../../functions/keyvault-events.js";
 import { reinstateAgent, revokeAgent } from "../../functions/agents-admin.js";
+import { rotateKeyNow } from "../../functions/keys-admin.js";
 import { configureComposition, resetComposition } from "../../functions/composition/root.js";
 import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
@@ -431,6 +432,43 @@ describe("re-attestation, revocation by rotation, reinstatement", () => {
       statusReason: "ERR_AGENT_REVOKED_BY_OPERATOR",
     });
     await drainRotations();
+  });
+
+  it("an operator can rotate a key now: queued, audited with the operator's name, rotated by `rotate`", async () => {
+    const before = await versions();
+    const rotateNow = (keyName: string) =>
+      rotateKeyNow(
+        new HttpRequest({
+          method: "POST",
+          url: `http://localhost/api/keys/${keyName}/rotate`,
+          params: { keyName },
+          headers: { "x-ms-client-principal-name": "ops@contoso.example" },
+        }),
+        context("key-rotate"),
+      );
+    const response = await rotateNow(KEY);
+    expect(response.status).toBe(202);
+    expect(response.jsonBody).toMatchObject({ keyName: KEY, currentVersion: before.at(-1), queued: true });
+    const requested = (await state.listAudit(`key-${KEY}`)).filter(
+      (e) => e.kind === "key-rotation-requested",
+    );
+    expect(requested.at(-1)?.details).toMatchObject({ operator: "ops@contoso.example", reason: "manual" });
+    expect(await versions()).toEqual(before); // queued, not yet made: `rotate` makes it
+    expect(await drainRotations()).toBe(1);
+    const after = await versions();
+    expect(after).toHaveLength(before.length + 1);
+    expect(samePolicyMeaning((await keyStore.getKey(KEY)).releasePolicy!, policy)).toBe(true);
+    expect((await state.getManagedKey(KEY))?.versions.at(-1)).toMatchObject({
+      version: after.at(-1),
+      reason: "manual",
+    });
+
+    // An unknown key is 404, a malformed name 400; neither queues anything.
+    const unknown = await rotateNow("no-such-key");
+    expect(unknown.status).toBe(404);
+    expect((unknown.jsonBody as { error: { code: string } }).error.code).toBe("ERR_KEY_UNKNOWN");
+    expect((await rotateNow("bad_name!")).status).toBe(400);
+    expect(await drainRotations()).toBe(0);
   });
 });
 
