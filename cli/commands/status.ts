@@ -57,6 +57,11 @@ export const status: Command = {
         ),
       ),
       "",
+      "KEY                   NEXT ROTATION",
+      ...snapshot.keys
+        .filter((k) => k.rotation !== undefined)
+        .map((k) => `${k.keyName.padEnd(21)} ${k.rotation?.nextRotationAt ?? "on events only"}`),
+      "",
       `ROLLOUTS (${snapshot.rollouts.length})`,
       ...snapshot.rollouts.map(
         (r) => `${r.deploymentId}  ${r.status}  ${r.keys.join(",")}  grace ends ${r.graceEndsAt}`,

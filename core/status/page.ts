@@ -54,6 +54,13 @@ function table(headers: readonly string[], rows: readonly string[][], empty: str
   return `<table><thead><tr>${head}</tr></thead><tbody>\n${body}\n</tbody></table>`;
 }
 
+function nextRotation(rotation: StatusSnapshot["keys"][number]["rotation"]): string {
+  if (rotation === undefined) return "";
+  return rotation.nextRotationAt === undefined
+    ? `<span class="empty">on events only</span>`
+    : escape(rotation.nextRotationAt);
+}
+
 export function renderStatusPage(
   snapshot: StatusSnapshot,
   options: { refreshSeconds?: number } = {},
@@ -74,7 +81,14 @@ export function renderStatusPage(
     "No agents yet.",
   );
   const keys = table(
-    ["Key", "Version", "Releasable", "Allowed measurements (release policy)", "Appraisal policy"],
+    [
+      "Key",
+      "Version",
+      "Releasable",
+      "Allowed measurements (release policy)",
+      "Appraisal policy",
+      "Next rotation",
+    ],
     snapshot.keys.flatMap((k) =>
       (k.versions.length === 0 ? [undefined] : k.versions).map((v, i) => [
         i === 0
@@ -90,6 +104,7 @@ export function renderStatusPage(
               .map((a) => shortHex(a.measurement) + (a.retireAt ? ` retires ${escape(a.retireAt)}` : ""))
               .join("<br>")
           : "",
+        i === 0 ? nextRotation(k.rotation) : "",
       ]),
     ),
     "No keys yet.",

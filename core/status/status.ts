@@ -7,7 +7,9 @@
  * Read-only, built from the ports; it shows ids, measurements, versions and error codes —
  * public values — and never a token, a secret or key material. The keys listed are those that
  * appear in holdings or in a rollout's state (the key store has no "list keys" in its port).
- * Next rotation times are not shown: rotation schedules are not part of any port yet.
+ * For a key Shield manages (ManagedKeyState), the next scheduled rotation is its current
+ * version's creation plus the key's `rotationPeriodSeconds` (SHIELD_KEY_LIFECYCLE); a key with no
+ * period rotates only on Key Vault events, revocations and operators, and shows none.
  */
 import { isShieldError } from "../errors.js";
 import type { Measurement } from "../messages/index.js";
@@ -15,7 +17,8 @@ import { policyMeasurements } from "../policy/index.js";
 import type { Clock } from "../ports/clock.js";
 import type { KeyStore } from "../ports/key-store.js";
 import type { PolicyStateStore } from "../ports/policy-state.js";
-import type { AgentRecord, StateStore } from "../ports/state.js";
+import type { AgentRecord, ManagedKeyRecord, StateStore } from "../ports/state.js";
+import type { KeyLifecycles } from "../lifecycle/keys.js";
 
 export interface AgentStatusView {
   readonly agentId: string;
@@ -41,6 +44,13 @@ export interface KeyStatusView {
   }[];
   /** Shield's appraisal policy for the key: allowed measurements, and when each retires. */
   readonly appraisal: readonly { readonly measurement: string; readonly retireAt?: string }[];
+  /** Rotation, for a key Shield manages: its period and when the schedule rotates it next. */
+  readonly rotation?: {
+    readonly currentVersion: string;
+    readonly periodSeconds?: number;
+    /** The current version's creation plus the period (in the past: the next timer tick). */
+    readonly nextRotationAt?: string;
+  };
   readonly error?: string;
 }
 
@@ -76,6 +86,8 @@ export interface StatusPorts {
   readonly keys: KeyStore;
   readonly policyState: PolicyStateStore;
   readonly clock: Clock;
+  /** The key lifecycle settings, for the next scheduled rotation (none shown without them). */
+  readonly lifecycles?: KeyLifecycles;
 }
 
 export const STATUS_LIMITS = { agents: 500, denialsPerAgent: 5, denials: 25, deployments: 50 } as const;
@@ -104,6 +116,24 @@ function agentView(
   };
 }
 
+function rotationView(
+  managed: ManagedKeyRecord | undefined,
+  lifecycles: KeyLifecycles | undefined,
+): KeyStatusView["rotation"] {
+  const current = managed?.versions.filter((v) => v.retiredAt === undefined).at(-1);
+  if (managed === undefined || current === undefined) return undefined;
+  const period = lifecycles?.(managed.keyName).rotationPeriodSeconds;
+  return {
+    currentVersion: current.version,
+    ...(period === undefined
+      ? {}
+      : {
+          periodSeconds: period,
+          nextRotationAt: new Date(current.createdAt.getTime() + period * 1000).toISOString(),
+        }),
+  };
+}
+
 export async function readStatus(ports: StatusPorts): Promise<StatusSnapshot> {
   const now = ports.clock.now();
   const agents: AgentStatusView[] = [];
@@ -129,12 +159,19 @@ export async function readStatus(ports: StatusPorts): Promise<StatusSnapshot> {
   }
   const policies = await ports.policyState.listKeyPolicies();
   policies.forEach((p) => keyNames.add(p.keyName));
+  const managedKeys = await ports.state.listManagedKeys();
+  managedKeys.forEach((m) => keyNames.add(m.keyName));
   const keys: KeyStatusView[] = [];
   for (const keyName of [...keyNames].sort()) {
     const appraisal = (policies.find((p) => p.keyName === keyName)?.allowed ?? []).map((a) => ({
       measurement: measurementLabel(a.measurement),
       ...(a.retireAt === undefined ? {} : { retireAt: a.retireAt.toISOString() }),
     }));
+    const rotation = rotationView(
+      managedKeys.find((m) => m.keyName === keyName),
+      ports.lifecycles,
+    );
+    const extra = rotation === undefined ? {} : { rotation };
     try {
       const versions = (await ports.keys.listVersions(keyName)).map((v) => ({
         version: v.version,
@@ -149,12 +186,13 @@ export async function readStatus(ports: StatusPorts): Promise<StatusSnapshot> {
         ...(v.createdOn === undefined ? {} : { createdOn: v.createdOn.toISOString() }),
         ...(v.expiresOn === undefined ? {} : { expiresOn: v.expiresOn.toISOString() }),
       }));
-      keys.push({ keyName, versions, appraisal });
+      keys.push({ keyName, versions, appraisal, ...extra });
     } catch (error) {
       keys.push({
         keyName,
         versions: [],
         appraisal,
+        ...extra,
         error: isShieldError(error) ? error.code : "ERR_INTERNAL",
       });
     }

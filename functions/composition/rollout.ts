@@ -119,6 +119,7 @@ export async function buildRolloutHandlers(
         keys: ports.keys,
         policyState: ports.policyState,
         clock,
+        lifecycles: settings.lifecycles,
       }),
   };
 }

@@ -32,6 +32,7 @@ import type { StatusSnapshot } from "../../core/status/status.js";
 import { resetComposition } from "../../functions/composition/root.js";
 import { policyUpdatesOutput, postDeployment } from "../../functions/deployments.js";
 import { policyUpdates } from "../../functions/policy-updates.js";
+import { rotationScheduleTick } from "../../functions/rotation-schedule.js";
 import { status } from "../../functions/status.js";
 import { statusPage } from "../../functions/status-page.js";
 import { attestAs, invocation, type AttestingAgentSetup } from "../support/attesting-agent.js";
@@ -42,6 +43,7 @@ const HOST_DATA = "5e".repeat(32);
 const NEXT_HOST_DATA = "6f".repeat(32);
 const KEY = `status-key-${randomUUID().slice(0, 8)}`;
 const SECRET = "status-webhook-key-0123456789abcdef";
+const ROTATION_PERIOD_SECONDS = 90 * 24 * 3600;
 const ARTIFACTS = join(process.cwd(), "test-artifacts");
 
 /** Debian's chromium, or CHROMIUM_PATH. */
@@ -79,7 +81,10 @@ beforeAll(async () => {
     tableName: uniqueTableName("status"),
   });
   stack.keyVault.secrets.set("status-hmac", SECRET);
-  Object.assign(process.env, stack.settings, { SHIELD_DEPLOY_HMAC_SECRET_NAME: "status-hmac" });
+  Object.assign(process.env, stack.settings, {
+    SHIELD_DEPLOY_HMAC_SECRET_NAME: "status-hmac",
+    SHIELD_KEY_LIFECYCLE: JSON.stringify({ [KEY]: { rotationPeriodSeconds: ROTATION_PERIOD_SECONDS } }),
+  });
   await resetComposition();
   bus = createStorageQueueBus({ connectionString });
   const keys = createKeyVaultKeyStore({
@@ -120,6 +125,15 @@ beforeAll(async () => {
   );
   expect(posted.status).toBe(202);
   await policyUpdates(context.extraOutputs.get(policyUpdatesOutput), invocation("policy-updates"));
+  // The rotation timer takes the key (named in SHIELD_KEY_LIFECYCLE) under management.
+  await rotationScheduleTick(
+    {
+      isPastDue: false,
+      schedule: { adjustForDST: false },
+      scheduleStatus: { last: "", next: "", lastUpdated: "" },
+    },
+    invocation("rotation-schedule"),
+  );
 
   host = await startLocalHttpHost([
     { method: "GET", route: "status", functionName: "status", handler: () => status() },
@@ -131,6 +145,7 @@ afterAll(async () => {
   await host?.close();
   await resetComposition();
   delete process.env["SHIELD_DEPLOY_HMAC_SECRET_NAME"];
+  delete process.env["SHIELD_KEY_LIFECYCLE"];
   await bus?.close();
   await stack?.close();
 });
@@ -145,6 +160,13 @@ describe("status of a running system", () => {
     const key = snapshot.keys.find((k) => k.keyName === KEY)!;
     expect([...key.versions[0]!.measurements].sort()).toEqual([HOST_DATA, NEXT_HOST_DATA].sort());
     expect(key.appraisal.find((a) => a.measurement === `sevsnp:${HOST_DATA}`)?.retireAt).toBeDefined();
+    // The next scheduled rotation: the current version's creation plus the key's period.
+    const createdOn = new Date(key.versions.at(-1)!.createdOn!).getTime();
+    expect(key.rotation).toEqual({
+      currentVersion: key.versions.at(-1)!.version,
+      periodSeconds: ROTATION_PERIOD_SECONDS,
+      nextRotationAt: new Date(createdOn + ROTATION_PERIOD_SECONDS * 1000).toISOString(),
+    });
     expect(snapshot.rollouts[0]).toMatchObject({
       status: "applied",
       keys: [KEY],
@@ -171,6 +193,7 @@ describe("status of a running system", () => {
     expect(dom).toContain(deniedAgent);
     expect(dom).toContain(KEY);
     expect(dom).toContain("ERR_APPRAISAL_DENIED");
+    expect(dom).toContain("Next rotation");
     await mkdir(ARTIFACTS, { recursive: true });
     const file = join(ARTIFACTS, "status-page.png");
     await chromium([`--screenshot=${file}`, "--window-size=1400,1000", url]);
