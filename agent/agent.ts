@@ -139,6 +139,16 @@ export interface AgentStatus {
   readonly configuredKeys: readonly string[];
   readonly keys: ReturnType<HeldKeysView["summary"]>;
   readonly inbox: InboxCounters;
+  /** Attestation rounds that got an answer, by verdict, and those that got none in time. */
+  readonly attestations?: AttestationCounters;
+}
+
+export interface AttestationCounters {
+  readonly trusted: number;
+  readonly denied: number;
+  readonly error: number;
+  /** No result within the result timeout. */
+  readonly timeout: number;
 }
 
 /** What the inbox did with what it received. */
@@ -221,6 +231,7 @@ export function createAgent(options: AgentOptions): Agent {
   const keyVaultOrigin = new URL(options.keyVaultUrl).origin;
   const replayGuard = new ControlReplayGuard();
   const inboxCounters = { accepted: 0, dropped: {} as Record<string, number> };
+  const attestationCounters = { trusted: 0, denied: 0, error: 0, timeout: 0 };
   const configuredKeys = Object.freeze([...options.keys]);
   const clock = options.clock ?? systemClock;
   const random = options.random ?? systemRandom;
@@ -426,11 +437,13 @@ export function createAgent(options: AgentOptions): Agent {
     const result = await waitForResult(current, timing.resultTimeoutMs);
     if (result === undefined) {
       if (signal.aborted) throw new RoundReplaced();
+      attestationCounters.timeout += 1;
       throw new ShieldError(
         "ERR_TIMEOUT",
         `no attestation result within ${Math.round(timing.resultTimeoutMs / 1000)} s`,
       );
     }
+    attestationCounters[result.verdict] += 1;
     if (result.verdict === "denied" && FRESHNESS_CODES.has(result.denial.code)) {
       // The nonce was not fresh (expired while evidence was collected, already used, replaced):
       // a verdict on the nonce, not on this workload. A new challenge, fresh evidence.
@@ -891,6 +904,7 @@ export function createAgent(options: AgentOptions): Agent {
         configuredKeys,
         keys: store.summary(),
         inbox: { accepted: inboxCounters.accepted, dropped: { ...inboxCounters.dropped } },
+        attestations: { ...attestationCounters },
       };
     },
     keys: store,

@@ -11,6 +11,7 @@
  * | `/keys/{name}` | the current version. `oct`: raw bytes, `application/octet-stream`. RSA/EC: the private key as PKCS #8 PEM, `application/x-pem-file`. With `Accept: application/json`: `{name, version, kty, key}` (`key` base64url) for `oct`, `{name, version, kty, jwk}` (private JWK) for RSA/EC. Headers `X-Key-Name`, `X-Key-Version`, `X-Key-Type`; `Cache-Control: no-store`. |
  * | `/keys/{name}?version=V` | that version, while it is held (current and previous, see held-keys.ts) |
  * | `/status` | agent id, state, reason, `attestedUntil`, provider, runtime key id, configured keys and held names and versions — never material |
+ * | `/metrics` | Prometheus text (0.0.4): state, attestations by verdict, control messages accepted and dropped by reason, key versions held (metrics.ts) — never material |
  * | `/healthz` | 200 while the process serves requests |
  * | `/readyz` | 200 only when the agent is trusted and holds a current version of every configured key; else 503 with what is missing |
  * | `POST /v1/{encrypt,decrypt,rewrap,hmac}/{name}` | encryption as a service: the key stays here (encryption-api.ts) |
@@ -62,6 +63,7 @@ import { Secret, isLoopback, type ListenAddress } from "./config.js";
 import type { HeldKeyVersion, HeldKeysView } from "./held-keys.js";
 import { keyContentType, keyFileBytes, keyJson } from "./key-format.js";
 import { KeyOperations, type MinimumVersions } from "./encryption.js";
+import { PROMETHEUS_CONTENT_TYPE, renderAgentMetrics } from "./metrics.js";
 import { answerEncryption, encryptionRoute, type EncryptionErrorCode } from "./encryption-api.js";
 
 /** What the API reads from the agent. */
@@ -316,6 +318,7 @@ function handle(
   if (path === "/healthz") return sendJson(response, 200, { status: "ok" });
   if (path === "/readyz") return readiness(agent, response);
   if (path === "/status") return sendJson(response, 200, agent.status());
+  if (path === "/metrics") return sendText(response, 200, renderAgentMetrics(agent.status()));
   const match = /^\/keys\/([^/]+)$/.exec(path);
   if (match !== null && !context.serveKeyMaterial) {
     return sendJson(
@@ -437,6 +440,16 @@ function sendJson(response: ServerResponse, status: number, body: unknown): numb
   const text = JSON.stringify(body);
   response.writeHead(status, {
     "Content-Type": "application/json; charset=utf-8",
+    "Content-Length": String(Buffer.byteLength(text)),
+    "Cache-Control": "no-store",
+  });
+  response.end(text);
+  return status;
+}
+
+function sendText(response: ServerResponse, status: number, text: string): number {
+  response.writeHead(status, {
+    "Content-Type": PROMETHEUS_CONTENT_TYPE,
     "Content-Length": String(Buffer.byteLength(text)),
     "Cache-Control": "no-store",
   });
