@@ -229,6 +229,55 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     return out;
   }
 
+  /**
+   * Writes an edit to every version, then to the policy rotation gives the versions it makes
+   * (the key's managed record in state, when the key has one), then plans again: a rotation
+   * does not take this lease, so it may have made a version from the policy as it was before.
+   * Rotation reads the managed policy again once its version is made, so whichever of the two
+   * finishes last, every version ends up with the edit.
+   */
+  async function applyEdit(
+    keyName: string,
+    edit: { add: readonly Measurement[]; remove: readonly Measurement[] },
+    audit: { kind: string; deploymentId: string; change: string },
+  ): Promise<VersionProgress[]> {
+    const byVersion = new Map<string, VersionProgress>();
+    const merge = (progress: readonly VersionProgress[]) => {
+      for (const p of progress) {
+        if (byVersion.get(p.version)?.outcome !== "updated") byVersion.set(p.version, p);
+      }
+    };
+    merge(await writeVersions(keyName, await planVersions(keyName, edit), audit));
+    await editManagedPolicy(keyName, edit);
+    for (let pass = 0; pass < 3; pass++) {
+      const again = await planVersions(keyName, edit);
+      if (!again.some((p) => p.outcome === "update")) break;
+      merge(await writeVersions(keyName, again, audit));
+    }
+    return [...byVersion.values()];
+  }
+
+  /** The managed record's policy, edited the same way (ETag; re-read on a conflict). */
+  async function editManagedPolicy(
+    keyName: string,
+    edit: { add: readonly Measurement[]; remove: readonly Measurement[] },
+  ): Promise<void> {
+    for (let attempt = 1; attempt <= 5; attempt++) {
+      const managed = await ports.state.getManagedKey(keyName);
+      if (managed === undefined) return;
+      const next = editMeasurements(managed.releasePolicy, edit);
+      if (samePolicyMeaning(managed.releasePolicy, next)) return;
+      const { etag, ...rest } = managed;
+      try {
+        await ports.state.putManagedKey({ ...rest, releasePolicy: next, updatedAt: clock.now() }, etag);
+        return;
+      } catch (error) {
+        if (!isShieldError(error) || error.code !== "ERR_CONFLICT") throw error;
+      }
+    }
+    throw new ShieldError("ERR_CONFLICT", `managed key ${keyName} is contended`);
+  }
+
   function planOf(planned: readonly PlannedVersion[]): VersionPlan[] {
     return planned.map((p) => {
       if (p.outcome !== "update" || p.next === undefined)
@@ -304,12 +353,15 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     },
   ): Promise<VersionProgress[]> {
     return underLease(keyName, async () => {
-      const planned = await planVersions(keyName, { add: update.add, remove: [] });
-      const versions = await writeVersions(keyName, planned, {
-        kind: "policy-updated",
-        deploymentId: update.deploymentId,
-        change: `add ${update.add.map(describe).join(" ")}`,
-      });
+      const versions = await applyEdit(
+        keyName,
+        { add: update.add, remove: [] },
+        {
+          kind: "policy-updated",
+          deploymentId: update.deploymentId,
+          change: `add ${update.add.map(describe).join(" ")}`,
+        },
+      );
       await changeWithRetry(async () => {
         const state = await currentState(keyName);
         await writeState(stateAfterAdd(state, update), state);
@@ -349,12 +401,15 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
     });
     if (retired.length === 0) return { retired, versions: [] };
     // Retired earlier but still in a policy (a write that failed before): removed now as well.
-    const planned = await planVersions(keyName, { add: [], remove: retiredAll });
-    const versions = await writeVersions(keyName, planned, {
-      kind: "measurement-retired",
-      deploymentId: "retirement",
-      change: `retire ${retiredAll.map(describe).join(" ")}`,
-    });
+    const versions = await applyEdit(
+      keyName,
+      { add: [], remove: retiredAll },
+      {
+        kind: "measurement-retired",
+        deploymentId: "retirement",
+        change: `retire ${retiredAll.map(describe).join(" ")}`,
+      },
+    );
     return { retired, versions };
   }
 
