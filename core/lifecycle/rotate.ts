@@ -271,7 +271,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
       );
     }
     const rotated = await keys.rotate(keyName);
-    const checked = await makeRight(keyName, rotated.version, managed.releasePolicy);
+    const checked = await makeRightWithLatest(keyName, rotated.version, managed.releasePolicy);
     const version: ManagedKeyVersion = {
       version: checked.version,
       createdAt: checked.createdOn ?? clock.now(),
@@ -309,7 +309,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
     message: RotateKey,
   ): Promise<Omit<RotationOutcome, "settlement" | "keyName">> {
     const { keyName } = message;
-    const checked = await makeRight(keyName, versionName, managed.releasePolicy);
+    const checked = await makeRightWithLatest(keyName, versionName, managed.releasePolicy);
     await recordVersion(managed, {
       version: checked.version,
       createdAt: checked.createdOn ?? clock.now(),
@@ -328,6 +328,27 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
     const announced = current.version === checked.version ? await announce(keyName, checked.version) : 0;
     logger("info", "key version adopted", { keyName, keyVersion: checked.version, announced });
     return { outcome: "adopted", version: checked.version, announced };
+  }
+
+  /**
+   * makeRight, then again while the managed policy changed meanwhile: a deployment's policy
+   * update (core/rollout) edits the managed policy under its own lease, which rotation does not
+   * take; it then edits every version it finds, this one included if it was made by then.
+   */
+  async function makeRightWithLatest(
+    keyName: string,
+    version: string,
+    policy: ReleasePolicy,
+  ): Promise<KeyVersionInfo> {
+    let applied = policy;
+    let info = await makeRight(keyName, version, applied);
+    for (let pass = 0; pass < 3; pass++) {
+      const latest = (await state.getManagedKey(keyName))?.releasePolicy;
+      if (latest === undefined || samePolicyMeaning(latest, applied)) return info;
+      applied = latest;
+      info = await makeRight(keyName, version, applied);
+    }
+    return info;
   }
 
   /**

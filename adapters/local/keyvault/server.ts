@@ -23,6 +23,10 @@
  * and only the configured token is accepted (compared in constant time). Errors have Key Vault's
  * shape `{"error": {"code", "message"}}`; bodies are size-limited and schema-checked before use.
  * Logs carry method, operation, status and duration — never a body, a token or key material.
+ *
+ * `faults` (and its shorthand `failNext`) is fault injection for tests, per operation (see
+ * ../faults.ts); faults apply to authenticated requests only, so the SDK's challenge round trip
+ * is never what fails. Nothing is injected until a test sets a fault.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -53,6 +57,15 @@ import {
   updateKeyBodySchema,
   type ReleasePolicyWireBody,
 } from "./wire.js";
+import {
+  FaultPlan,
+  FaultSleeper,
+  applyConnectionFault,
+  closeListening,
+  faultStatusCode,
+  restartable,
+  statusOf,
+} from "../faults.js";
 
 export interface LocalKeyVaultServerOptions {
   readonly engine: LocalKeyVault;
@@ -76,7 +89,12 @@ export interface LocalKeyVaultServerStats {
   /** Answered 401 (challenges included). */
   readonly unauthorized: number;
   readonly injectedFaults: number;
+  /** Requests answered 200, per operation (e.g. `release`, `sign`). */
+  readonly answered: Readonly<Partial<Record<KeyVaultRoute, number>>>;
 }
+
+/** The routes faults can be set on: an operation, or `other` for anything else. */
+export type KeyVaultRoute = Operation | SecretRoute["operation"] | "other";
 
 export interface LocalKeyVaultServer {
   /** `http://127.0.0.1:<port>` */
@@ -87,6 +105,10 @@ export interface LocalKeyVaultServer {
    * they reach the engine; for tests of transient failures. Off unless called.
    */
   failNext(status: number, count?: number, options?: { retryAfterSeconds?: number }): void;
+  /** Fault injection per operation (`release`, `sign`, `get`, ...); see ../faults.ts. */
+  readonly faults: FaultPlan<KeyVaultRoute>;
+  /** Stops listening, drops every connection, and listens on the same port again after `downMs`. */
+  restart(downMs: number): Promise<void>;
   stats(): LocalKeyVaultServerStats;
   /** The secrets it serves (tests and the embedded default set the webhook key here). */
   readonly secrets: LocalSecrets;
@@ -97,14 +119,6 @@ const DEFAULT_MAX_BODY_BYTES = 256 * 1024;
 const DEFAULT_TENANT_ID = "00000000-0000-0000-0000-000000000000";
 const VAULT_RESOURCE = "https://vault.azure.net";
 const MAX_PAGE_SIZE = 25;
-const FAULT_CODES: Readonly<Record<number, string>> = {
-  408: "RequestTimeout",
-  429: "Throttled",
-  500: "InternalServerError",
-  502: "BadGateway",
-  503: "ServiceUnavailable",
-  504: "GatewayTimeout",
-};
 
 class HttpError extends Error {
   constructor(
@@ -283,7 +297,10 @@ export async function startLocalKeyVaultServer(
 
   const counters = { requests: 0, unauthorized: 0, injectedFaults: 0 };
   const secrets = options.secrets ?? createLocalSecrets();
-  const faults: { status: number; retryAfterSeconds?: number }[] = [];
+  const faults = new FaultPlan<KeyVaultRoute>();
+  const sleeper = new FaultSleeper();
+  const answered: Partial<Record<KeyVaultRoute, number>> = {};
+  let closing: Promise<void> | undefined;
   let baseUrl = "";
 
   const send = (
@@ -471,14 +488,17 @@ export async function startLocalKeyVaultServer(
         );
         return;
       }
-      const fault = faults.shift();
-      if (fault !== undefined) {
-        request.resume();
+      const decision = faults.take(route?.operation ?? secretRoute?.operation ?? "other");
+      if (decision.delayMs > 0) await sleeper.sleep(decision.delayMs);
+      if (decision.fault !== undefined) {
         counters.injectedFaults++;
+        if (applyConnectionFault(decision.fault, request, response, restarter)) return;
+        request.resume();
+        const fault = statusOf(decision.fault)!;
         sendError(
           response,
           fault.status,
-          FAULT_CODES[fault.status] ?? "InternalServerError",
+          fault.status === 429 ? "Throttled" : faultStatusCode(fault.status),
           "The service is temporarily unable to handle the request.",
           fault.retryAfterSeconds === undefined ? {} : { "retry-after": String(fault.retryAfterSeconds) },
         );
@@ -494,11 +514,13 @@ export async function startLocalKeyVaultServer(
       }
       if (secretRoute !== undefined) {
         send(response, 200, await dispatchSecret(secretRoute, request));
+        answered[secretRoute.operation] = (answered[secretRoute.operation] ?? 0) + 1;
         return;
       }
       if (route === undefined) throw new HttpError(404, "NotFound", "no such operation");
       const result = await dispatch(route, request, url, apiVersion);
       send(response, 200, result);
+      answered[route.operation] = (answered[route.operation] ?? 0) + 1;
     } catch (error) {
       request.resume();
       if (error instanceof HttpError) {
@@ -546,6 +568,7 @@ export async function startLocalKeyVaultServer(
       resolve();
     });
   });
+  const restarter = restartable(server, () => closing !== undefined);
   const address = server.address() as AddressInfo;
   baseUrl = `http://${address.family === "IPv6" ? `[${address.address}]` : address.address}:${address.port}`;
 
@@ -560,22 +583,28 @@ export async function startLocalKeyVaultServer(
         throw new TypeError("status must be 408, 429 or 5xx");
       }
       if (!Number.isInteger(count) || count < 0) throw new TypeError("count must be a non-negative integer");
-      for (let i = 0; i < count; i++) {
-        faults.push({
+      faults.inject(
+        "*",
+        {
+          kind: "status",
           status,
           ...(faultOptions.retryAfterSeconds === undefined
             ? {}
             : { retryAfterSeconds: faultOptions.retryAfterSeconds }),
-        });
-      }
+        },
+        { times: count },
+      );
     },
-    stats: () => ({ ...counters }),
+    faults,
+    restart: (downMs) => restarter.restart(downMs),
+    stats: () => ({ ...counters, answered: { ...answered } }),
     secrets,
-    close: () =>
-      new Promise<void>((resolve, reject) => {
-        server.close((error) => (error === undefined ? resolve() : reject(error)));
-        // Keep-alive sockets of SDK clients would otherwise hold the server open.
-        server.closeAllConnections();
-      }),
+    // Keep-alive sockets of SDK clients would otherwise hold the server open: closeListening
+    // drops them; pending injected delays end at once.
+    close: () => {
+      faults.clear();
+      sleeper.wakeAll();
+      return (closing ??= closeListening(server));
+    },
   };
 }

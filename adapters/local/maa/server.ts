@@ -18,8 +18,9 @@
  * - A refused request answers 400 `InvalidParameter` whose message starts with the failing
  *   check's error code (`ERR_EVIDENCE_REPORT_DATA: ...`); no evidence bytes ever appear in it.
  *
- * `failNext` and `delayNext` are fault injection for tests (MAA throttling, outages, slowness);
- * they do nothing until called.
+ * `faults` (and its shorthands `failNext` and `delayNext`) is fault injection for tests (MAA
+ * throttling, outages, slowness, resets, hangs, restarts; see ../faults.ts); it does nothing
+ * until a test sets a fault.
  */
 import { createHash } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -36,6 +37,15 @@ import {
   type MaaAttestationResponse,
 } from "../../maa/wire.js";
 import type { LocalAttestationEngine } from "./engine.js";
+import {
+  FaultPlan,
+  FaultSleeper,
+  applyConnectionFault,
+  closeListening,
+  faultStatusCode,
+  restartable,
+  statusOf,
+} from "../faults.js";
 
 export interface LocalMaaServerOptions {
   /**
@@ -68,7 +78,14 @@ export interface LocalMaaServer {
   delayNext(ms: number, count?: number): void;
   /** Drops every pending injected failure and delay. */
   clearFaults(): void;
+  /** Fault injection per route (`attestSevSnpVm`, `attestSgxEnclave`, `certs`, ...); see ../faults.ts. */
+  readonly faults: FaultPlan<MaaRoute>;
+  /** Stops listening, drops every connection, and listens on the same port again after `downMs`. */
+  restart(downMs: number): Promise<void>;
 }
+
+/** The routes faults can be set on; `other` is any path that is not one of MAA's. */
+export type MaaRoute = Route | "other";
 
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
 /** How far past the limit an oversized body is read (and discarded) before the connection is cut. */
@@ -78,7 +95,7 @@ const MAX_NONCE_CHARS = 1024;
 const MAX_ATTESTED_DATA_CHARS = 64 * 1024;
 const API_VERSION = /^\d{4}-\d{2}-\d{2}(-preview)?$/;
 
-type Route = "attestSevSnpVm" | "attestSgxEnclave" | "certs" | "openIdConfiguration";
+export type Route = "attestSevSnpVm" | "attestSgxEnclave" | "certs" | "openIdConfiguration";
 
 const ROUTES: ReadonlyMap<string, { readonly route: Route; readonly methods: readonly string[] }> = new Map(
   (Object.entries(MAA_PATHS) as [Route, string][]).map(([route, path]) => [
@@ -86,16 +103,6 @@ const ROUTES: ReadonlyMap<string, { readonly route: Route; readonly methods: rea
     { route, methods: route.startsWith("attest") ? ["POST"] : ["GET", "HEAD"] },
   ]),
 );
-
-/** Status → the error code Azure front ends use, for injected faults. */
-const FAULT_CODES: Readonly<Record<number, string>> = {
-  408: "RequestTimeout",
-  429: "TooManyRequests",
-  500: "InternalServerError",
-  502: "BadGateway",
-  503: "ServiceUnavailable",
-  504: "GatewayTimeout",
-};
 
 export async function startLocalMaaServer(options: LocalMaaServerOptions): Promise<LocalMaaServer> {
   const host = options.host ?? "127.0.0.1";
@@ -109,7 +116,8 @@ export async function startLocalMaaServer(options: LocalMaaServerOptions): Promi
     throw new TypeError("maxBodyBytes must be a positive integer");
   }
   const log = options.logger ?? silentLogger;
-  const faults = new FaultPlan();
+  const faults = new FaultPlan<MaaRoute>();
+  const sleeper = new FaultSleeper();
   let engine: LocalAttestationEngine | undefined =
     typeof options.engine === "function" ? undefined : options.engine;
 
@@ -135,16 +143,18 @@ export async function startLocalMaaServer(options: LocalMaaServerOptions): Promi
   });
 
   async function handle(request: IncomingMessage, response: ServerResponse, context: RequestContext) {
-    const delay = faults.takeDelay();
-    if (delay > 0) await faults.sleep(delay);
-    const fault = faults.takeFailure();
-    if (fault !== undefined) {
-      if (fault === 429) response.setHeader("Retry-After", "1");
-      sendError(response, fault, FAULT_CODES[fault] ?? "InjectedFault", "injected fault");
-      return;
-    }
     const url = new URL(request.url ?? "/", "http://localhost");
     const match = ROUTES.get(url.pathname.toLowerCase());
+    const decision = faults.take(match?.route ?? "other");
+    if (decision.delayMs > 0) await sleeper.sleep(decision.delayMs);
+    if (decision.fault !== undefined) {
+      if (applyConnectionFault(decision.fault, request, response, restarter)) return;
+      const status = statusOf(decision.fault)!;
+      if (status.retryAfterSeconds !== undefined)
+        response.setHeader("Retry-After", String(status.retryAfterSeconds));
+      sendError(response, status.status, faultStatusCode(status.status), "injected fault");
+      return;
+    }
     if (match === undefined) {
       sendError(response, 404, "NotFound", "no such resource");
       return;
@@ -221,6 +231,8 @@ export async function startLocalMaaServer(options: LocalMaaServerOptions): Promi
     sendJson(response, 200, answer);
   }
 
+  let closing: Promise<void> | undefined;
+  const restarter = restartable(server, () => closing !== undefined);
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {
@@ -233,7 +245,7 @@ export async function startLocalMaaServer(options: LocalMaaServerOptions): Promi
   try {
     if (typeof options.engine === "function") engine = await options.engine(url);
   } catch (error) {
-    await closeServer(server, faults);
+    await closeServer(server, sleeper);
     throw error;
   }
   if (engine === undefined) throw new TypeError("engine must be an engine or a function returning one");
@@ -242,25 +254,33 @@ export async function startLocalMaaServer(options: LocalMaaServerOptions): Promi
   }
   const ready = engine;
   log("info", "local maa server listening", { url });
-  let closing: Promise<void> | undefined;
 
   return {
     url,
     engine: ready,
-    close: () => (closing ??= closeServer(server, faults)),
+    close: () => {
+      faults.clear();
+      return (closing ??= closeServer(server, sleeper));
+    },
     failNext(status: number, count = 1): void {
       if (!Number.isInteger(status) || status < 400 || status > 599) {
         throw new TypeError("status must be an HTTP error status (400..599)");
       }
-      faults.fail(status, count);
+      faults.inject(
+        "*",
+        status === 429 ? { kind: "throttle", retryAfterSeconds: 1 } : { kind: "status", status },
+        { times: count },
+      );
     },
     delayNext(ms: number, count = 1): void {
       if (!Number.isFinite(ms) || ms < 0) throw new TypeError("ms must be a non-negative number");
-      faults.delay(ms, count);
+      faults.inject("*", { kind: "latency", ms }, { times: count });
     },
     clearFaults(): void {
       faults.clear();
     },
+    faults,
+    restart: (downMs) => restarter.restart(downMs),
   };
 }
 
@@ -477,60 +497,10 @@ function sha256Hex(text: string): string {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fault injection and shutdown
+// Shutdown
 
-class FaultPlan {
-  private failures: number[] = [];
-  private delays: number[] = [];
-  private readonly sleeping = new Map<NodeJS.Timeout, () => void>();
-
-  clear(): void {
-    this.failures.length = 0;
-    this.delays.length = 0;
-  }
-
-  fail(status: number, count: number): void {
-    for (let i = 0; i < count; i++) this.failures.push(status);
-  }
-
-  delay(ms: number, count: number): void {
-    for (let i = 0; i < count; i++) this.delays.push(ms);
-  }
-
-  takeFailure(): number | undefined {
-    return this.failures.shift();
-  }
-
-  takeDelay(): number {
-    return this.delays.shift() ?? 0;
-  }
-
-  sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        this.sleeping.delete(timer);
-        resolve();
-      }, ms);
-      this.sleeping.set(timer, resolve);
-    });
-  }
-
-  /** Ends every pending delay at once, so shutdown never waits for one. */
-  wakeAll(): void {
-    for (const [timer, wake] of this.sleeping) {
-      clearTimeout(timer);
-      wake();
-    }
-    this.sleeping.clear();
-    this.failures = [];
-    this.delays = [];
-  }
-}
-
-function closeServer(server: Server, faults: FaultPlan): Promise<void> {
-  faults.wakeAll();
-  return new Promise((resolve, reject) => {
-    server.close((error) => (error === undefined ? resolve() : reject(error)));
-    server.closeAllConnections();
-  });
+function closeServer(server: Server, sleeper: FaultSleeper): Promise<void> {
+  // Pending injected delays end at once, so shutdown never waits for one.
+  sleeper.wakeAll();
+  return closeListening(server);
 }
