@@ -31,3 +31,42 @@ export async function tryLockKey(
 export async function unlockKey(state: StateStore, lease: RequestLease): Promise<void> {
   await state.releaseRequest(lease).catch(() => undefined);
 }
+
+export interface KeyLockWait {
+  readonly clock: { now(): Date };
+  readonly leaseMs: number;
+  /** How long to keep trying while another holder has the key. */
+  readonly waitMs: number;
+  readonly sleep: (ms: number) => Promise<void>;
+  /** 0–255, for jitter between tries. */
+  readonly jitter: () => number;
+}
+
+/**
+ * The key's lease, waiting with backoff (25 ms doubling to 1 s, plus jitter) while another
+ * holder has it; undefined when it stays busy for `waitMs`. Callers waiting here rather than
+ * failing at once matters on a queue: a redelivery comes back at once, so a handler that gives
+ * up immediately burns its delivery count while the key is merely busy.
+ */
+export async function lockKeyWaiting(
+  state: StateStore,
+  keyName: string,
+  wait: KeyLockWait,
+): Promise<RequestLease | undefined> {
+  const started = wait.clock.now().getTime();
+  let delay = 25;
+  // Time waited is counted both on the clock and as the sum of the sleeps, so a clock that
+  // stands still (a test's) cannot make this wait forever.
+  let slept = 0;
+  for (;;) {
+    const lease = await tryLockKey(state, keyName, wait.clock.now(), wait.leaseMs);
+    if (lease !== undefined) return lease;
+    if (Math.max(wait.clock.now().getTime() - started, slept) >= wait.waitMs) return undefined;
+    const pause = delay + Math.floor(wait.jitter() / 4);
+    await wait.sleep(pause);
+    slept += pause;
+    delay = Math.min(delay * 2, 1_000);
+  }
+}
+
+export const defaultSleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));

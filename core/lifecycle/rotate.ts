@@ -32,7 +32,7 @@
  * every trusted holder of it also holds a newer one: it is revoked to its holders, disabled in
  * the key store, and recorded.
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { ShieldError, isShieldError } from "../errors.js";
 import type { AgentSender } from "../control/signed.js";
 import { makeKeyEvent, makeRotateKey, parseMessage, type RotateKey } from "../messages/index.js";
@@ -52,7 +52,7 @@ import {
 import type { Settlement } from "../attest/attest.js";
 import type { KeyLifecycles } from "./keys.js";
 import { keyAuditPartition } from "./revoke.js";
-import { tryLockKey, unlockKey } from "./key-lock.js";
+import { defaultSleep, lockKeyWaiting, unlockKey } from "./key-lock.js";
 
 export interface RotationPorts {
   readonly state: StateStore;
@@ -62,6 +62,8 @@ export interface RotationPorts {
   readonly rotations: RotationQueue;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** Waits between tries for a busy key (default: timers). */
+  readonly sleep?: (ms: number) => Promise<void>;
 }
 
 export interface RotationConfig {
@@ -72,6 +74,11 @@ export interface RotationConfig {
   readonly maxVersions?: number;
   /** How long one invocation holds a key (default 120 s). */
   readonly leaseSeconds?: number;
+  /**
+   * How long a rotation waits for a key another rotation or a rollout holds before it leaves
+   * the message for redelivery (default 30 s).
+   */
+  readonly lockWaitSeconds?: number;
   /** The queue's MaxDeliveryCount: on that delivery a transient failure is final (default 10). */
   readonly maxDeliveryCount?: number;
 }
@@ -89,6 +96,7 @@ export interface RotationOutcome {
 
 export const ROTATION_AUDIT_INTAKE = "intake";
 const DEFAULT_LEASE_SECONDS = 120;
+const DEFAULT_LOCK_WAIT_SECONDS = 30;
 
 const digest = (text: string): string => createHash("sha256").update(text, "utf8").digest("hex").slice(0, 40);
 
@@ -102,6 +110,8 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
   const maxVersions = config.maxVersions ?? STATE_LIMITS.keyVersions;
   const leaseMs = (config.leaseSeconds ?? DEFAULT_LEASE_SECONDS) * 1000;
   const maxDeliveryCount = config.maxDeliveryCount ?? 10;
+  const lockWaitMs = (config.lockWaitSeconds ?? DEFAULT_LOCK_WAIT_SECONDS) * 1000;
+  const sleep = ports.sleep ?? defaultSleep;
 
   /** The `rotate-key` handler. */
   async function handle(
@@ -138,11 +148,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
     }
     const { keyName } = message;
     const final = delivery.deliveryCount >= maxDeliveryCount;
-    const now = clock.now();
-    const claim = await state.claimRequest(
-      { scope: rotationScope(keyName), requestId: message.sourceEventId },
-      { at: now, leaseUntil: new Date(now.getTime() + leaseMs) },
-    );
+    const claim = await claimEvent(keyName, message.sourceEventId);
     if (claim.state === "completed") {
       logger("info", "rotation event already handled", { keyName, sourceEventId: message.sourceEventId });
       return { settlement: { action: "complete" }, outcome: "duplicate", keyName };
@@ -159,7 +165,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
     const lease = claim.lease;
     let lock: RequestLease | undefined;
     try {
-      lock = await lockKey(keyName, now);
+      lock = await lockKey(keyName);
       const result = await run(message);
       await state.completeRequest(lease, message, clock.now());
       return { settlement: { action: "complete" }, keyName, ...result };
@@ -194,8 +200,40 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
     }
   }
 
-  async function lockKey(keyName: string, now: Date): Promise<RequestLease> {
-    const lease = await tryLockKey(state, keyName, now, leaseMs);
+  /**
+   * The event's claim; while another invocation handles the same event (a second delivery),
+   * waits for it the way a busy key is waited for, so the duplicate ends as one, not as a
+   * dead letter after its deliveries ran out.
+   */
+  async function claimEvent(keyName: string, sourceEventId: string) {
+    const claimOnce = () => {
+      const at = clock.now();
+      return state.claimRequest(
+        { scope: rotationScope(keyName), requestId: sourceEventId },
+        { at, leaseUntil: new Date(at.getTime() + leaseMs) },
+      );
+    };
+    let claim = await claimOnce();
+    let delay = 25;
+    let waited = 0;
+    while (claim.state === "in-progress" && waited < lockWaitMs) {
+      const pause = delay + Math.floor(randomBytes(1)[0]! / 4);
+      await sleep(pause);
+      waited += pause;
+      delay = Math.min(delay * 2, 1_000);
+      claim = await claimOnce();
+    }
+    return claim;
+  }
+
+  async function lockKey(keyName: string): Promise<RequestLease> {
+    const lease = await lockKeyWaiting(state, keyName, {
+      clock,
+      leaseMs,
+      waitMs: lockWaitMs,
+      sleep,
+      jitter: () => randomBytes(1)[0]!,
+    });
     if (lease === undefined) {
       throw new ShieldError("ERR_CONFLICT", `key ${keyName} is being rotated or its policy updated`);
     }

@@ -39,8 +39,8 @@ import type {
   PolicyStateStore,
   VersionProgress,
 } from "../ports/policy-state.js";
-import type { ManagedKeyRecord, RequestLease, StateStore } from "../ports/state.js";
-import { tryLockKey, unlockKey } from "../lifecycle/key-lock.js";
+import type { ManagedKeyRecord, StateStore } from "../ports/state.js";
+import { defaultSleep, lockKeyWaiting, unlockKey } from "../lifecycle/key-lock.js";
 import { keyAuditPartition } from "../lifecycle/revoke.js";
 import { changeWithRetry } from "./retry-change.js";
 import { editMeasurements, samePolicyMeaning, type MeasurementEdit } from "./policy-edit.js";
@@ -101,7 +101,6 @@ export interface RetirementReport {
 
 const DEFAULT_LEASE_SECONDS = 120;
 const DEFAULT_LEASE_WAIT_MS = 60_000;
-const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 function isReleasable(version: KeyVersionInfo, now: Date): boolean {
   return (
@@ -142,20 +141,18 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
    * ERR_CONFLICT (transient) when the key stays busy.
    */
   async function underLease<T>(keyName: string, work: () => Promise<T>): Promise<T> {
-    const started = clock.now().getTime();
-    let delay = 25;
-    let lease: RequestLease | undefined;
-    for (;;) {
-      lease = await tryLockKey(ports.state, keyName, clock.now(), leaseMs);
-      if (lease !== undefined) break;
-      if (clock.now().getTime() - started > leaseWaitMs) {
-        throw new ShieldError(
-          "ERR_CONFLICT",
-          `key ${keyName} is busy with a rotation or another policy update`,
-        );
-      }
-      await sleep(delay + Math.floor(ports.random.bytes(1)[0]! / 4));
-      delay = Math.min(delay * 2, 1_000);
+    const lease = await lockKeyWaiting(ports.state, keyName, {
+      clock,
+      leaseMs,
+      waitMs: leaseWaitMs,
+      sleep,
+      jitter: () => ports.random.bytes(1)[0]!,
+    });
+    if (lease === undefined) {
+      throw new ShieldError(
+        "ERR_CONFLICT",
+        `key ${keyName} is busy with a rotation or another policy update`,
+      );
     }
     try {
       return await work();

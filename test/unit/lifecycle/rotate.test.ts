@@ -33,7 +33,7 @@ let keys: KeyStore;
 let state: MemoryStateStore;
 let sent: string[];
 
-function rotation(store: KeyStore = keys, maxVersions?: number) {
+function rotation(store: KeyStore = keys, maxVersions?: number, lockWaitSeconds = 0.2) {
   const control = createTestControlPlane();
   return createRotation(
     {
@@ -46,7 +46,11 @@ function rotation(store: KeyStore = keys, maxVersions?: number) {
       clock,
       logger: () => undefined,
     },
-    { lifecycles: parseKeyLifecycles({}).lifecycles, ...(maxVersions === undefined ? {} : { maxVersions }) },
+    {
+      lifecycles: parseKeyLifecycles({}).lifecycles,
+      lockWaitSeconds,
+      ...(maxVersions === undefined ? {} : { maxVersions }),
+    },
   );
 }
 
@@ -203,6 +207,26 @@ describe("rotate", () => {
     release();
     expect((await first).outcome).toBe("rotated");
     expect(await keys.listVersions("k")).toHaveLength(2);
+  });
+
+  it("waits for a busy key instead of burning a delivery: the second rotation runs once the first lets go", async () => {
+    let release: () => void = () => undefined;
+    let calls = 0;
+    const slow: KeyStore = {
+      ...keys,
+      rotate: async (name) => {
+        if (calls++ === 0) await new Promise<void>((resolve) => (release = resolve));
+        return keys.rotate(name);
+      },
+    };
+    const handler = rotation(slow, undefined, 30);
+    const first = handler.handle(message(), delivery);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const second = handler.handle({ ...message(), sourceEventId: "other-event" }, delivery);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    release();
+    expect((await first).outcome).toBe("rotated");
+    expect((await second).settlement.action).toBe("complete");
   });
 
   it("records and completes a malformed message", async () => {
