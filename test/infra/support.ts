@@ -137,3 +137,19 @@ export function objectsOf(result: RenderResult): KubeObject[] {
   }
   return objects;
 }
+
+/** The code blocks of one language in a Markdown file, in order, without their indentation. */
+export function codeBlocks(markdown: string, language: string): string[] {
+  const fence = new RegExp("^( *)```" + language + "\\n([\\s\\S]*?)^\\1```$", "gm");
+  return [...markdown.matchAll(fence)].map((m) => {
+    const indent = m[1]!;
+    return m[2]!
+      .split("\n")
+      .map((line) => (line.startsWith(indent) ? line.slice(indent.length) : line))
+      .join("\n");
+  });
+}
+
+export function shellBlocks(markdown: string): string[] {
+  return codeBlocks(markdown, "sh");
+}
