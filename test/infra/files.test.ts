@@ -56,31 +56,36 @@ describe("YAML and JSON", () => {
   });
 });
 
-describe.skipIf(shellcheck.skip)(`shell scripts${shellcheck.skip ? ` (skipped: ${shellcheck.reason})` : ""}`, () => {
-  const scripts = files.filter(
-    (f) => f.endsWith(".sh") || /^#!\s*\/(usr\/)?bin\/(env\s+)?(ba|da)?sh\b/.test(read(f).slice(0, 40)),
-  );
+describe.skipIf(shellcheck.skip)(
+  `shell scripts${shellcheck.skip ? ` (skipped: ${shellcheck.reason})` : ""}`,
+  () => {
+    const scripts = files.filter(
+      (f) => f.endsWith(".sh") || /^#!\s*\/(usr\/)?bin\/(env\s+)?(ba|da)?sh\b/.test(read(f).slice(0, 40)),
+    );
 
-  it("every shell script passes shellcheck", () => {
-    expect(scripts).toEqual(expect.arrayContaining([".ci/run", "infra/hooks/postdeploy.sh", "infra/hooks/postprovision.sh"]));
-    const problems = scripts.map((f) => runShellcheck(join(ROOT, f))).filter((p) => p !== "");
-    expect(problems).toEqual([]);
-  });
+    it("every shell script passes shellcheck", () => {
+      expect(scripts).toEqual(
+        expect.arrayContaining([".ci/run", "infra/hooks/postdeploy.sh", "infra/hooks/postprovision.sh"]),
+      );
+      const problems = scripts.map((f) => runShellcheck(join(ROOT, f))).filter((p) => p !== "");
+      expect(problems).toEqual([]);
+    });
 
-  it("the guide's shell blocks pass shellcheck as one POSIX sh script", () => {
-    const blocks = shellBlocks(read("docs/deploy.md"));
-    expect(blocks.length).toBeGreaterThan(10);
-    const file = join(mkdtempSync(join(tmpdir(), "shield-guide-")), "deploy.sh");
-    writeFileSync(file, `#!/bin/sh\nset -eu\n${blocks.join("\n")}`);
-    expect(runShellcheck(file, "sh")).toBe("");
-  });
+    it("the guide's shell blocks pass shellcheck as one POSIX sh script", () => {
+      const blocks = shellBlocks(read("docs/deploy.md"));
+      expect(blocks.length).toBeGreaterThan(10);
+      const file = join(mkdtempSync(join(tmpdir(), "shield-guide-")), "deploy.sh");
+      writeFileSync(file, `#!/bin/sh\nset -eu\n${blocks.join("\n")}`);
+      expect(runShellcheck(file, "sh")).toBe("");
+    });
 
-  it("shellcheck is live: it reports a broken script", () => {
-    const file = join(mkdtempSync(join(tmpdir(), "shield-sc-")), "broken.sh");
-    writeFileSync(file, "#!/bin/sh\nrm -rf $1/*\n");
-    expect(runShellcheck(file)).toMatch(/SC2086/);
-  });
-});
+    it("shellcheck is live: it reports a broken script", () => {
+      const file = join(mkdtempSync(join(tmpdir(), "shield-sc-")), "broken.sh");
+      writeFileSync(file, "#!/bin/sh\nrm -rf $1/*\n");
+      expect(runShellcheck(file)).toMatch(/SC2086/);
+    });
+  },
+);
 
 describe("workflows", () => {
   const workflows = files.filter(

@@ -69,8 +69,8 @@ const exampleOverrides = {
 function validateObjects(objects: KubeObject[]): void {
   expect(objects.length).toBeGreaterThan(0);
   for (const object of objects) {
-    if (object.kind === "Deployment") new Deployment(object as never).validate();
-    else if (object.kind === "ServiceAccount") new ServiceAccount(object as never).validate();
+    if (object.kind === "Deployment") new Deployment(object).validate();
+    else if (object.kind === "ServiceAccount") new ServiceAccount(object).validate();
     else throw new Error(`no schema check for kind ${object.kind}`);
   }
 }
@@ -148,14 +148,14 @@ describe.skipIf(go.skip)(`the shield-agent chart${go.skip ? ` (skipped: ${go.rea
     const pod = podOf(objects);
     expect(pod.spec.runtimeClassName).toBe("kata-cc-isolation");
     expect((pod.metadata["labels"] as Record<string, string>)["azure.workload.identity/use"]).toBe("true");
-    expect((pod.metadata["annotations"] as Record<string, string>)["io.katacontainers.config.agent.policy"]).toBe(
-      policy,
-    );
+    expect(
+      (pod.metadata["annotations"] as Record<string, string>)["io.katacontainers.config.agent.policy"],
+    ).toBe(policy);
     const account = objects.find((o) => o.kind === "ServiceAccount")!;
     expect(pod.spec.serviceAccountName).toBe(account.metadata.name);
-    expect((account.metadata["annotations"] as Record<string, string>)["azure.workload.identity/client-id"]).toBe(
-      "00000000-0000-0000-0000-000000000000",
-    );
+    expect(
+      (account.metadata["annotations"] as Record<string, string>)["azure.workload.identity/client-id"],
+    ).toBe("00000000-0000-0000-0000-000000000000");
     const all = [...(pod.spec.initContainers ?? []), ...pod.spec.containers];
     expect(all.map((c) => c.name)).toEqual(["control-keys", "orders", "shield-agent"]);
     for (const c of all) {
@@ -198,7 +198,12 @@ describe.skipIf(go.skip)(`the shield-agent chart${go.skip ? ` (skipped: ${go.rea
       EXAMPLE_VALUES,
       tempValues({
         ...exampleOverrides,
-        agent: { ...exampleOverrides.agent, serveKeys: true, keyFiles: { enabled: true }, tee: "sevsnp-sidecar" },
+        agent: {
+          ...exampleOverrides.agent,
+          serveKeys: true,
+          keyFiles: { enabled: true },
+          tee: "sevsnp-sidecar",
+        },
         attestationSidecar: { enabled: true, image: { repository: "mcr.microsoft.com/aci/skr", tag: "2.7" } },
       }),
     ]);
@@ -241,7 +246,10 @@ describe.skipIf(go.skip)(`the shield-agent chart${go.skip ? ` (skipped: ${go.rea
     const cases: [unknown, string][] = [
       [{}, "agent.controlKeys.json is required"],
       [{ ...exampleOverrides, app: { image: { repository: "" } } }, "app.image.repository is required"],
-      [{ ...exampleOverrides, agent: { ...exampleOverrides.agent, keys: [] } }, "agent.keys needs at least one key name"],
+      [
+        { ...exampleOverrides, agent: { ...exampleOverrides.agent, keys: [] } },
+        "agent.keys needs at least one key name",
+      ],
       [{ ...exampleOverrides, serviceAccount: { clientId: "" } }, "serviceAccount.clientId is required"],
       [
         { ...exampleOverrides, agent: { ...exampleOverrides.agent, controlKeys: { json: "" } } },
@@ -263,7 +271,10 @@ describe.skipIf(go.skip)(`the shield-agent chart${go.skip ? ` (skipped: ${go.rea
     const file = join(copy, "templates", "deployment.yaml");
     const text = readFileSync(file, "utf8");
     expect(text).toContain(".Values.agent.probes.liveness.periodSeconds");
-    writeFileSync(file, text.replace(".Values.agent.probes.liveness.periodSeconds", ".Values.agent.probes.liveness.period"));
+    writeFileSync(
+      file,
+      text.replace(".Values.agent.probes.liveness.periodSeconds", ".Values.agent.probes.liveness.period"),
+    );
     expect([...valueReferences(join(copy, "templates"))].filter((ref) => !hasPath(defaults, ref))).toEqual([
       "agent.probes.liveness.period",
     ]);
@@ -297,7 +308,10 @@ describe.skipIf(go.skip)(`the shield-agent chart${go.skip ? ` (skipped: ${go.rea
     it("liveness passes, readiness follows /readyz and sends the token", async () => {
       const pod = podOf(
         objectsOf(
-          renderChart([EXAMPLE_VALUES, tempValues({ ...exampleOverrides, agent: { ...exampleOverrides.agent, port } })]),
+          renderChart([
+            EXAMPLE_VALUES,
+            tempValues({ ...exampleOverrides, agent: { ...exampleOverrides.agent, port } }),
+          ]),
         ),
       );
       const agent = pod.spec.containers.find((c) => c.name === "shield-agent")!;

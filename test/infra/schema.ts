@@ -53,7 +53,8 @@ export function validateSchema(root: Schema, value: unknown): string[] {
   const check = (raw: Schema, v: unknown, path: string): void => {
     for (const key of Object.keys(raw)) if (!KEYWORDS.has(key)) throw new Error(`unsupported keyword ${key}`);
     const schema = resolve(raw);
-    for (const key of Object.keys(schema)) if (!KEYWORDS.has(key)) throw new Error(`unsupported keyword ${key}`);
+    for (const key of Object.keys(schema))
+      if (!KEYWORDS.has(key)) throw new Error(`unsupported keyword ${key}`);
     const type = schema["type"];
     if (type !== undefined) {
       const types = Array.isArray(type) ? (type as string[]) : [type as string];
@@ -77,9 +78,11 @@ export function validateSchema(root: Schema, value: unknown): string[] {
     }
     if (typeof v === "string") {
       const pattern = schema["pattern"] as string | undefined;
-      if (pattern !== undefined && !new RegExp(pattern, "u").test(v)) problems.push(`${path}: does not match ${pattern}`);
+      if (pattern !== undefined && !new RegExp(pattern, "u").test(v))
+        problems.push(`${path}: does not match ${pattern}`);
       const minLength = schema["minLength"] as number | undefined;
-      if (minLength !== undefined && [...v].length < minLength) problems.push(`${path}: shorter than ${minLength}`);
+      if (minLength !== undefined && [...v].length < minLength)
+        problems.push(`${path}: shorter than ${minLength}`);
     }
     if (typeof v === "number") {
       const minimum = schema["minimum"] as number | undefined;
@@ -89,7 +92,8 @@ export function validateSchema(root: Schema, value: unknown): string[] {
     }
     if (Array.isArray(v)) {
       const minItems = schema["minItems"] as number | undefined;
-      if (minItems !== undefined && v.length < minItems) problems.push(`${path}: fewer than ${minItems} items`);
+      if (minItems !== undefined && v.length < minItems)
+        problems.push(`${path}: fewer than ${minItems} items`);
       if (schema["uniqueItems"] === true && new Set(v.map((x) => JSON.stringify(x))).size !== v.length) {
         problems.push(`${path}: items are not unique`);
       }

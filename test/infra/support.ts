@@ -69,7 +69,9 @@ const GOPATH = "/usr/share/gocode";
 export function helmRenderer(): string {
   const goPath = requireTool(go);
   if (!existsSync(join(GOPATH, "src", "github.com", "Masterminds", "sprig"))) {
-    throw new Error("sprig's Go sources are not installed (Debian package golang-github-masterminds-sprig-dev)");
+    throw new Error(
+      "sprig's Go sources are not installed (Debian package golang-github-masterminds-sprig-dev)",
+    );
   }
   const digest = createHash("sha256").update(readFileSync(RENDERER_SOURCE)).digest("hex").slice(0, 16);
   const dir = join(tmpdir(), `shield-helm-render-${digest}`);
