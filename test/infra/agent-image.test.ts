@@ -6,6 +6,7 @@
  */
 import { beforeAll, describe, expect, it } from "vitest";
 import { parse } from "yaml";
+import { Pod } from "kubernetes-models/v1";
 import { AGENT_VARIABLES } from "../../agent/config.js";
 import { go, objectsOf, read, renderChart, type KubeObject } from "./support.js";
 import { scanBicep } from "./bicep-scan.js";
@@ -241,6 +242,14 @@ describe("the confidential-database example", () => {
     };
     agent: { keys: string[]; serveKeys: boolean };
   };
+
+  it("the plain pod spec is a valid Kubernetes Pod in the confidential runtime class", () => {
+    const pod = parse(read("examples/confidential-db/deploy/pod.yaml")) as {
+      spec: { runtimeClassName: string };
+    };
+    expect(() => new Pod(pod as never).validate()).not.toThrow();
+    expect(pod.spec.runtimeClassName).toBe("kata-cc-isolation");
+  });
 
   it("the values give the service what it reads, on the port its image listens on", () => {
     expect(image.user).toBe("nonroot:nonroot");
