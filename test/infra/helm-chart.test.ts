@@ -116,6 +116,30 @@ describe.skipIf(go.skip)(`the shield-agent chart${go.skip ? ` (skipped: ${go.rea
     expect([...refs].filter((ref) => !hasPath(defaults, ref))).toEqual([]);
   });
 
+  it("the chart's README documents every value", () => {
+    const readme = read("infra/helm/shield-agent/README.md");
+    const documented: string[] = [];
+    for (const row of readme.split("\n").filter((l) => l.startsWith("| `"))) {
+      let parent = "";
+      for (const m of row.split(" | ")[0]!.matchAll(/`([^`]+)`/g)) {
+        const token = m[1]!.replace(/\.\*$/, "");
+        const path = token.startsWith(".") ? `${parent}${token}` : token;
+        parent = path.slice(0, path.lastIndexOf("."));
+        documented.push(path);
+      }
+    }
+    const leaves: string[] = [];
+    const walk = (node: unknown, path: string) => {
+      if (node !== null && typeof node === "object" && !Array.isArray(node) && Object.keys(node).length > 0)
+        for (const [k, v] of Object.entries(node)) walk(v, path === "" ? k : `${path}.${k}`);
+      else leaves.push(path);
+    };
+    walk(defaults, "");
+    const covered = (leaf: string) => documented.some((d) => leaf === d || leaf.startsWith(`${d}.`));
+    expect(leaves.length).toBeGreaterThan(40);
+    expect(leaves.filter((leaf) => !covered(leaf))).toEqual([]);
+  });
+
   it("the defaults and the example's values satisfy values.schema.json; a wrong value does not", () => {
     expect(validateSchema(schema, defaults)).toEqual([]);
     const example = parse(readFileSync(EXAMPLE_VALUES, "utf8")) as Record<string, unknown>;
