@@ -106,6 +106,15 @@ const deploySchema = z.object({
   SHIELD_POLICY_LEASE_SECONDS: z.coerce.number().int().min(10).max(3600).default(120),
 });
 
+/**
+ * Every setting name the app reads from its environment: infra/main.bicep may set only these
+ * (and the host's and SDKs' own, listed in test/infra), which test/infra/cross-check.test.ts checks.
+ */
+export const FUNCTIONS_SETTING_NAMES: readonly string[] = Object.freeze([
+  ...Object.keys(schema.shape),
+  ...Object.keys(deploySchema.shape),
+]);
+
 export interface DeploySettings {
   readonly hmacSecretName?: string;
   readonly oidc?: {
