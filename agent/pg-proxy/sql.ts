@@ -371,6 +371,12 @@ function planOne(
     throw refused('a U&"..." identifier in a statement that may name a protected table');
   }
   const keyword = head.kind === "ident" ? head.value : "";
+  if (keyword === "copy") throw refused("COPY of a protected table");
+  if (!["select", "insert", "update", "delete"].includes(keyword)) {
+    throw refused(
+      `${keyword === "" ? "this statement" : keyword.toUpperCase()} names a protected table or column`,
+    );
+  }
   const later = tokens.slice(1);
   if (later.some((token) => isWord(token, "select", "with", "union", "intersect", "except", "lateral"))) {
     throw refused("subqueries, WITH and set operations over a protected table");
