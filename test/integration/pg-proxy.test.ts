@@ -14,6 +14,9 @@
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -22,6 +25,11 @@ import { KeyOperations } from "../../agent/encryption.js";
 import { HeldKeys } from "../../agent/held-keys.js";
 import { parseProxyColumns } from "../../agent/pg-proxy/columns.js";
 import { startPgProxy, type PgProxy, type PgProxyAgent } from "../../agent/pg-proxy/proxy.js";
+import { readPgProxySettings, resolvePgProxySettings } from "../../agent/pg-proxy/settings.js";
+import {
+  databasePoolConfig,
+  parseDatabaseSettings,
+} from "../../examples/confidential-db/database-settings.js";
 import type { AgentState, AgentStateName } from "../../agent/state-machine.js";
 import { startLocalPostgres, type LocalPostgres } from "../../examples/confidential-db/local-postgres.js";
 
@@ -381,6 +389,87 @@ describe("pg proxy: an unmodified client", () => {
       PEOPLE[2]!.email,
     ]);
     expect(both.rows).toEqual([{ id: 3 }, { id: 50 }]);
+  });
+
+  it("starts from a settings file as the agent does (SHIELD_PG_PROXY_FILE), credentials from files", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "shield-pg-proxy-"));
+    try {
+      const clientPassword = randomBytes(18).toString("base64url");
+      await writeFile(join(dir, "app-password"), `${clientPassword}\n`);
+      await writeFile(join(dir, "db-password"), decodeURIComponent(new URL(postgres.url).password));
+      await writeFile(
+        join(dir, "proxy.json"),
+        JSON.stringify({
+          listen: "127.0.0.1:0",
+          key: KEY,
+          columns: { "orders.customer_email": { index: "customer_email_index" }, "orders.customer_name": {} },
+          clientUser: "orders-app",
+          clientPasswordFile: join(dir, "app-password"),
+          upstream: {
+            host: "127.0.0.1",
+            port: postgres.port,
+            database: "orders",
+            user: "postgres",
+            sslmode: "disable",
+            auth: { kind: "password-file", file: join(dir, "db-password") },
+          },
+        }),
+      );
+      const settings = await readPgProxySettings(join(dir, "proxy.json"));
+      const resolved = await resolvePgProxySettings(settings);
+      const second = await startPgProxy({
+        listen: settings.listen,
+        upstream: resolved.upstream,
+        clientPassword: resolved.clientPassword,
+        clientUser: "orders-app",
+        columns: settings.columns,
+        operations: new KeyOperations(keys),
+        agent,
+      });
+      const client = new pg.Client({
+        host: "127.0.0.1",
+        port: second.port,
+        user: "orders-app",
+        password: clientPassword,
+        database: "orders",
+      });
+      try {
+        await client.connect();
+        const found = await client.query("SELECT customer_name FROM orders WHERE customer_email = $1", [
+          PEOPLE[0]!.email,
+        ]);
+        expect(found.rows).toEqual([{ customer_name: "Alice Liddell" }]);
+      } finally {
+        await client.end();
+        await second.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the example's libpq-style settings reach the same server, the password read per connection", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "shield-orders-db-"));
+    try {
+      await writeFile(join(dir, "password"), decodeURIComponent(new URL(postgres.url).password));
+      const config = await databasePoolConfig(
+        parseDatabaseSettings({
+          PGHOST: "127.0.0.1",
+          PGPORT: String(postgres.port),
+          PGUSER: "postgres",
+          PGSSLMODE: "disable",
+          DATABASE_PASSWORD_FILE: join(dir, "password"),
+        }),
+      );
+      const pool = new pg.Pool({ ...config, max: 1 });
+      try {
+        expect((await pool.query("SELECT current_database() AS db")).rows).toEqual([{ db: "orders" }]);
+      } finally {
+        await pool.end();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("on revocation, ends open connections at once and refuses new ones", async () => {
