@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { startAzurite } from "../adapters/local/azurite.js";
-import { startLocalStack } from "../adapters/local/stack.js";
+import { startLocalStack } from "../local/stack.js";
 import { startLocalFunctionsHost } from "../adapters/local/functions-host.js";
 import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../adapters/local/keyvault/credential.js";

@@ -14,7 +14,7 @@
 import functionsRuntime from "@azure/functions";
 import { performance } from "node:perf_hooks";
 import { startAzurite } from "../adapters/local/azurite.js";
-import { startLocalStack } from "../adapters/local/stack.js";
+import { startLocalStack } from "../local/stack.js";
 import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../adapters/local/keyvault/credential.js";
 import { createMaaClient } from "../adapters/maa/client.js";

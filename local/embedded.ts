@@ -18,7 +18,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startAzurite } from "../adapters/local/azurite.js";
-import { startLocalStack } from "../adapters/local/stack.js";
+import { startLocalStack } from "./stack.js";
 import { startLocalFunctionsHost, type QueueFunctionHandler } from "../adapters/local/functions-host.js";
 import { localKeyVaultCredential } from "../adapters/local/keyvault/credential.js";
 import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";

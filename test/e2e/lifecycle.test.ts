@@ -22,7 +22,7 @@ import { rotate } from "../../functions/rotate.js";
 import { reattest } from "../../functions/reattest.js";
 import { keyVaultEvent } from "../../functions/keyvault-events.js";
 import { resetComposition } from "../../functions/composition/root.js";
-import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
+import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import {
   startLocalFunctionsHost,
   startLocalTimer,

@@ -18,7 +18,7 @@ import { createRuntimeKey } from "../../agent/runtime-key.js";
 import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../../adapters/local/keyvault/credential.js";
 import { startLocalHttpHost, type LocalHttpHost } from "../../adapters/local/http-host.js";
-import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
+import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
 import {
   DELIVERY_HEADER,

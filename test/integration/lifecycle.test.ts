@@ -18,7 +18,7 @@ import { keyVaultEvent, keyVaultEventsWebhook } from "../../functions/keyvault-e
 import { reinstateAgent, revokeAgent } from "../../functions/agents-admin.js";
 import { rotateKeyNow } from "../../functions/keys-admin.js";
 import { configureComposition, resetComposition } from "../../functions/composition/root.js";
-import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
+import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
 import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../../adapters/local/keyvault/credential.js";

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createRuntimeKey, type RuntimeKey } from "../../agent/runtime-key.js";
 import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../../adapters/local/keyvault/credential.js";
-import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
+import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import { createTablePolicyStateStore } from "../../adapters/state/policy-table.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
 import {

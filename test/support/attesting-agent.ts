@@ -7,7 +7,7 @@
 import { InvocationContext } from "@azure/functions";
 import { randomUUID } from "node:crypto";
 import type { RuntimeKey } from "../../agent/runtime-key.js";
-import type { LocalStack } from "../../adapters/local/stack.js";
+import type { LocalStack } from "../../local/stack.js";
 import type { StorageQueueBus } from "../../adapters/storage-queue/bus.js";
 import { controlKeySet, verifyControlMessage } from "../../core/control/signed.js";
 import type { SimulatedSnpPlatform } from "../../core/evidence/simulated/sevsnp.js";

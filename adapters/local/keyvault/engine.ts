@@ -278,6 +278,13 @@ export interface LocalKeyVault {
     request: LocalReleaseRequest,
   ): Promise<{ value: string }>;
   stats(): LocalKeyVaultStats;
+  /** The names of every key, in no particular order. */
+  keyNames(): string[];
+  /**
+   * Calls `listener` after each new key version is stored (create, rotate): the local Event
+   * Grid publisher's source of `KeyNewVersionCreated`. Returns a function that unsubscribes.
+   */
+  onVersionCreated(listener: (version: LocalKeyVersion) => void): () => void;
   /** The stored form of every key, as text (what is on disk, or the memory store's contents). */
   dumpStorage(): Promise<string>;
   /** The plaintext a release would wrap; only with `exposeKeyMaterialForTests`. */
@@ -854,6 +861,7 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
   };
 
   /** Makes, seals and appends a version; the caller holds the key's lock. */
+  const versionListeners = new Set<(version: LocalKeyVersion) => void>();
   const addVersion = async (
     name: string,
     spec: {
@@ -911,7 +919,15 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
     const updated: KeyEntry = { ...entry, versions: [...entry.versions, versionEntry] };
     await persist(updated);
     entries.set(name, updated);
-    return toVersion(name, versionEntry);
+    const created = toVersion(name, versionEntry);
+    for (const listener of [...versionListeners]) {
+      try {
+        listener(created);
+      } catch {
+        // A listener's failure is its own; the version is stored either way.
+      }
+    }
+    return created;
   };
 
   const counters = { calls: 0, released: 0, refused: 0 };
@@ -1195,6 +1211,13 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
           return toVersion(name, updatedEntry);
         });
       }),
+
+    keyNames: () => [...entries.keys()],
+
+    onVersionCreated(listener) {
+      versionListeners.add(listener);
+      return () => versionListeners.delete(listener);
+    },
 
     rotateKey: (name) =>
       settle(() => {

@@ -11,14 +11,18 @@
  * whose public half agents pin (`controlKeys`).
  */
 import { randomBytes } from "node:crypto";
-import type { SimulatedSnpPlatform } from "../../core/evidence/simulated/sevsnp.js";
-import { systemClock, type Clock } from "../../core/ports/clock.js";
-import { silentLogger, type Logger } from "../../core/ports/logger.js";
-import { createMaaTokenIssuer } from "../../core/token/index.js";
-import { createLocalAttestationEngine, type LocalAttestationEngine } from "./maa/engine.js";
-import { startLocalMaaServer, type LocalMaaServer } from "./maa/server.js";
-import { cachedIssuerKeys, createLocalKeyVault, type LocalKeyVault } from "./keyvault/engine.js";
-import { startLocalKeyVaultServer, type LocalKeyVaultServer } from "./keyvault/server.js";
+import type { SimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
+import { systemClock, type Clock } from "../core/ports/clock.js";
+import { silentLogger, type Logger } from "../core/ports/logger.js";
+import { createMaaTokenIssuer } from "../core/token/index.js";
+import { createLocalAttestationEngine, type LocalAttestationEngine } from "../adapters/local/maa/engine.js";
+import { startLocalMaaServer, type LocalMaaServer } from "../adapters/local/maa/server.js";
+import {
+  cachedIssuerKeys,
+  createLocalKeyVault,
+  type LocalKeyVault,
+} from "../adapters/local/keyvault/engine.js";
+import { startLocalKeyVaultServer, type LocalKeyVaultServer } from "../adapters/local/keyvault/server.js";
 
 /** The control-plane signing key's name in the local vault. */
 export const CONTROL_KEY_NAME = "shield-control";
