@@ -21,7 +21,7 @@ import { randomUUID, createHash } from "node:crypto";
 import { performance } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
 import { startAzurite } from "../adapters/local/azurite.js";
-import { startLocalStack } from "../adapters/local/stack.js";
+import { startLocalStack } from "../local/stack.js";
 import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../adapters/local/keyvault/credential.js";
 import { createStorageQueueBus } from "../adapters/storage-queue/bus.js";

@@ -12,7 +12,7 @@ import { InvocationContext } from "@azure/functions";
 import { createHash, generateKeyPairSync, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLocalAttestationEngine } from "../../adapters/local/maa/engine.js";
-import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
+import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
 import { localKeyVaultCredential } from "../../adapters/local/keyvault/credential.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";

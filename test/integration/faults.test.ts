@@ -14,7 +14,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { attest } from "../../functions/attest.js";
 import { resetComposition } from "../../functions/composition/root.js";
-import { startLocalStack, type LocalStack } from "../../adapters/local/stack.js";
+import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import { startLocalFunctionsHost, type LocalFunctionsHost } from "../../adapters/local/functions-host.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
 import { createKeyVaultKeyStore } from "../../adapters/keyvault/key-store.js";
