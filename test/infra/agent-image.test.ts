@@ -232,8 +232,12 @@ describe("the Gramine manifest and the ACI template run the agent as the image d
 
 describe("the confidential-database example", () => {
   const image = readDockerfile("examples/confidential-db/Dockerfile");
-  const main = read("examples/confidential-db/main.ts");
-  const readsVariable = new Set([...main.matchAll(/env\["([A-Z_]+)"\]/g)].map((m) => m[1]!));
+  // What the service reads: main.ts, and database-settings.ts for where the database is.
+  const main =
+    read("examples/confidential-db/main.ts") + read("examples/confidential-db/database-settings.ts");
+  const readsVariable = new Set(
+    [...main.matchAll(/env\["([A-Z_]+)"\]|value\(env, "([A-Z_]+)"/g)].map((m) => (m[1] ?? m[2])!),
+  );
   const example = parse(read("examples/confidential-db/deploy/values.yaml")) as {
     app: {
       env: { name: string; value?: string }[];

@@ -107,6 +107,7 @@ describe("Bicep against the code", () => {
       "attest",
       "deployment-status",
       "deployments",
+      "key-rotate",
       "keyvault-events",
       "keyvault-events-webhook",
       "policy-updates",

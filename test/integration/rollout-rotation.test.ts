@@ -68,7 +68,9 @@ function rotation(keys: KeyStore = h.keys) {
       clock: h.clock,
       logger: () => undefined,
     },
-    { lifecycles: parseKeyLifecycles({}).lifecycles },
+    // A short wait for a busy key, so a rotation blocked by the held update is handed back
+    // (and the test can open the gate) instead of waiting out the default 30 s.
+    { lifecycles: parseKeyLifecycles({}).lifecycles, lockWaitSeconds: 0.2 },
   );
 }
 
