@@ -53,6 +53,7 @@ import type { Settlement } from "../attest/attest.js";
 import type { KeyLifecycles } from "./keys.js";
 import { keyAuditPartition } from "./revoke.js";
 import { tryLockKey, unlockKey } from "./key-lock.js";
+import { noMetrics, type ShieldMetrics } from "../ports/metrics.js";
 
 export interface RotationPorts {
   readonly state: StateStore;
@@ -62,6 +63,8 @@ export interface RotationPorts {
   readonly rotations: RotationQueue;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** Rotations by reason and outcome (default: none recorded). */
+  readonly metrics?: ShieldMetrics;
 }
 
 export interface RotationConfig {
@@ -102,6 +105,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
   const maxVersions = config.maxVersions ?? STATE_LIMITS.keyVersions;
   const leaseMs = (config.leaseSeconds ?? DEFAULT_LEASE_SECONDS) * 1000;
   const maxDeliveryCount = config.maxDeliveryCount ?? 10;
+  const metrics = ports.metrics ?? noMetrics;
 
   /** The `rotate-key` handler. */
   async function handle(
@@ -162,6 +166,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
       lock = await lockKey(keyName, now);
       const result = await run(message);
       await state.completeRequest(lease, message, clock.now());
+      metrics.rotation({ keyName, reason: message.reason, outcome: result.outcome ?? "unchanged" });
       return { settlement: { action: "complete" }, keyName, ...result };
     } catch (caught) {
       const error = toShieldError(caught);
@@ -180,6 +185,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
       });
       await state.completeRequest(lease, message, clock.now()).catch(() => undefined);
       logger("error", "rotation refused", { keyName, code: error.code });
+      metrics.rotation({ keyName, reason: message.reason, outcome: "refused" });
       if (error.transient) {
         return {
           settlement: { action: "dead-letter", reason: error.code, description: error.message },
