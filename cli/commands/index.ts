@@ -6,6 +6,7 @@ import { tokenVerify } from "./token.js";
 import { auditVerify, auditWhoHas } from "./audit.js";
 import { deploy } from "./deploy.js";
 import { status } from "./status.js";
+import { agentReinstate, agentRevoke, keyRotate } from "./operator.js";
 
 export const commands: readonly Command[] = [
   evidenceVerify,
@@ -17,4 +18,7 @@ export const commands: readonly Command[] = [
   deploy,
   auditVerify,
   auditWhoHas,
+  agentRevoke,
+  agentReinstate,
+  keyRotate,
 ];

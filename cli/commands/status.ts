@@ -6,8 +6,8 @@
  */
 import { ShieldError } from "../../core/errors.js";
 import type { StatusSnapshot } from "../../core/status/status.js";
-import { UsageError, optionalString, requireString, type Command } from "../command.js";
-import { readText } from "../io.js";
+import type { Command } from "../command.js";
+import { FUNCTIONS_OPTIONS, callFunctions } from "./functions-api.js";
 
 const short = (hex: string) => hex.replace(/([0-9a-f]{8})[0-9a-f]{40,}([0-9a-f]{4})/g, "$1…$2");
 
@@ -20,26 +20,13 @@ export const status: Command = {
     "  --url URL              the Functions app; reads URL/api/status",
     "  --function-key-file F  the function key (or SHIELD_FUNCTION_KEY)",
   ].join("\n"),
-  options: { url: { type: "string" }, "function-key-file": { type: "string" } },
+  options: FUNCTIONS_OPTIONS,
   async run(values) {
-    const base = requireString(values, "url").replace(/\/+$/, "");
-    if (!/^https?:\/\//.test(base)) throw new UsageError("--url must be an http(s) URL");
-    const keyFile = optionalString(values, "function-key-file");
-    const functionKey =
-      keyFile === undefined
-        ? process.env["SHIELD_FUNCTION_KEY"]
-        : (await readText(keyFile, "--function-key-file", 4096)).trim();
-    let response: Response;
-    try {
-      response = await fetch(`${base}/api/status`, {
-        headers: { accept: "application/json", ...(functionKey ? { "x-functions-key": functionKey } : {}) },
-        signal: AbortSignal.timeout(30_000),
-      });
-    } catch (cause) {
-      throw new ShieldError("ERR_NETWORK", `GET ${base}/api/status failed`, { cause });
+    const answer = await callFunctions(values, "GET", "status");
+    if (answer.status !== 200) {
+      throw new ShieldError("ERR_NETWORK", `GET /api/status: HTTP ${answer.status}`);
     }
-    if (!response.ok) throw new ShieldError("ERR_NETWORK", `GET ${base}/api/status: HTTP ${response.status}`);
-    const snapshot = (await response.json()) as StatusSnapshot;
+    const snapshot = answer.body as unknown as StatusSnapshot;
     const lines = [
       `status at ${snapshot.generatedAt}`,
       "",

@@ -58,6 +58,7 @@ import { agentAuditPartition, keyAuditPartition, type Revoker } from "../lifecyc
 
 export { agentAuditPartition, keyAuditPartition };
 import type { AppraisalPolicySource } from "../rollout/appraisal-source.js";
+import { noMetrics, type ShieldMetrics } from "../ports/metrics.js";
 
 export interface AttestPorts {
   /** The attestation service, already wrapped with `retrying()` for transient failures. */
@@ -72,6 +73,8 @@ export interface AttestPorts {
   readonly clock: Clock;
   readonly random: Random;
   readonly logger: Logger;
+  /** Attestations, denials, releases and challenge round trips (default: none recorded). */
+  readonly metrics?: ShieldMetrics;
   /**
    * Revokes an agent whose answer to its own challenge is denied while it holds keys or is
    * being re-attested (core/lifecycle/revoke.ts). Without it such an agent only becomes
@@ -179,6 +182,7 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
   const encryption = config.encryption ?? "RSA_AES_KEY_WRAP_256";
   const maxResultBytes = config.maxResultBytes ?? 240_000;
   const { state, agents, clock, logger } = ports;
+  const metrics = ports.metrics ?? noMetrics;
   const challenges = createChallengeIssuer(ports, config);
 
   return async function handleAgentRequest(body: unknown, delivery: AttestDelivery): Promise<AttestOutcome> {
@@ -247,6 +251,8 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       }
       await record(ctx, result); // 7
       await agents.sendToAgent(agentId, result);
+      metrics.attestation({ verdict: "trusted", tee: request.tee });
+      for (const key of result.keys) metrics.release({ keyName: key.name });
       ctx.log("info", "attestation trusted; keys released", {
         keys: result.keys.length,
         tokenSha256: ctx.validated?.tokenHash ?? "-",
@@ -452,6 +458,13 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
       });
     }
     checkRuntimeBinding(ctx.runtimeData, pending.nonce, request);
+    if (pending.answeredBy === undefined) {
+      // The first delivery that answers it: from issue to the arrival of the evidence.
+      metrics.challengeRoundTrip({
+        seconds: Math.max(0, (now.getTime() - pending.issuedAt.getTime()) / 1000),
+        tee: request.tee,
+      });
+    }
   }
 
   /**
@@ -627,6 +640,8 @@ export function createAttestHandler(ports: AttestPorts, config: AttestConfig) {
     await state.completeRequest(ctx.lease!, result, clock.now());
     markAnswered();
     await agents.sendToAgent(agentId, result);
+    metrics.attestation({ verdict, tee: ctx.request.tee });
+    if (verdict === "denied") metrics.denial({ code: error.code, tee: ctx.request.tee });
     ctx.log(
       verdict === "denied" ? "info" : "error",
       verdict === "denied" ? "attestation denied" : "attestation failed for good",

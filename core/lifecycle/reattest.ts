@@ -25,6 +25,7 @@ import type { Logger } from "../ports/logger.js";
 import type { AgentRecord, StateStore } from "../ports/state.js";
 import type { ChallengeIssuer } from "../attest/challenge.js";
 import type { Revoker } from "./revoke.js";
+import { noMetrics, type ShieldMetrics } from "../ports/metrics.js";
 
 export interface ReattestConfig {
   /** Challenges sent per tick at most (default 100). */
@@ -44,6 +45,8 @@ export interface ReattestPorts {
   readonly revoker: Revoker;
   readonly clock: Clock;
   readonly logger: Logger;
+  /** Missed deadlines (default: none recorded). */
+  readonly metrics?: ShieldMetrics;
 }
 
 export interface TickReport {
@@ -73,6 +76,7 @@ export function createReattestTick(ports: ReattestPorts, config: ReattestConfig)
     throw new TypeError("marginSeconds must be a non-negative integer");
   }
   const { state, challenges, revoker, clock, logger } = ports;
+  const metrics = ports.metrics ?? noMetrics;
 
   return async function tick(timer: { isPastDue?: boolean } = {}): Promise<TickReport> {
     const now = clock.now();
@@ -103,7 +107,10 @@ export function createReattestTick(ports: ReattestPorts, config: ReattestConfig)
           deadline: challenge.deadline,
         }),
       );
-      if (done) revoked += 1;
+      if (done) {
+        revoked += 1;
+        metrics.missedDeadline({ tee: agent.tee });
+      }
     }
 
     let challenged = 0;

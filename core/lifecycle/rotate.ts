@@ -53,6 +53,7 @@ import type { Settlement } from "../attest/attest.js";
 import type { KeyLifecycles } from "./keys.js";
 import { keyAuditPartition } from "./revoke.js";
 import { defaultSleep, lockKeyWaiting, unlockKey } from "./key-lock.js";
+import { noMetrics, type ShieldMetrics } from "../ports/metrics.js";
 
 export interface RotationPorts {
   readonly state: StateStore;
@@ -64,6 +65,8 @@ export interface RotationPorts {
   readonly logger: Logger;
   /** Waits between tries for a busy key (default: timers). */
   readonly sleep?: (ms: number) => Promise<void>;
+  /** Rotations by reason and outcome (default: none recorded). */
+  readonly metrics?: ShieldMetrics;
 }
 
 export interface RotationConfig {
@@ -112,6 +115,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
   const maxDeliveryCount = config.maxDeliveryCount ?? 10;
   const lockWaitMs = (config.lockWaitSeconds ?? DEFAULT_LOCK_WAIT_SECONDS) * 1000;
   const sleep = ports.sleep ?? defaultSleep;
+  const metrics = ports.metrics ?? noMetrics;
 
   /** The `rotate-key` handler. */
   async function handle(
@@ -168,6 +172,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
       lock = await lockKey(keyName);
       const result = await run(message);
       await state.completeRequest(lease, message, clock.now());
+      metrics.rotation({ keyName, reason: message.reason, outcome: result.outcome ?? "unchanged" });
       return { settlement: { action: "complete" }, keyName, ...result };
     } catch (caught) {
       const error = toShieldError(caught);
@@ -186,6 +191,7 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
       });
       await state.completeRequest(lease, message, clock.now()).catch(() => undefined);
       logger("error", "rotation refused", { keyName, code: error.code });
+      metrics.rotation({ keyName, reason: message.reason, outcome: "refused" });
       if (error.transient) {
         return {
           settlement: { action: "dead-letter", reason: error.code, description: error.message },

@@ -42,6 +42,7 @@ import type {
 import type { ManagedKeyRecord, StateStore } from "../ports/state.js";
 import { defaultSleep, lockKeyWaiting, unlockKey } from "../lifecycle/key-lock.js";
 import { keyAuditPartition } from "../lifecycle/revoke.js";
+import { noMetrics, type ShieldMetrics } from "../ports/metrics.js";
 import { changeWithRetry } from "./retry-change.js";
 import { editMeasurements, samePolicyMeaning, type MeasurementEdit } from "./policy-edit.js";
 import { seedKeyPolicy } from "./appraisal-source.js";
@@ -58,6 +59,8 @@ export interface RolloutPorts {
   readonly clock: Clock;
   readonly random: Random;
   readonly logger: Logger;
+  /** Rollout steps per key version (default: none recorded). */
+  readonly metrics?: ShieldMetrics;
   /** How to wait for a busy key's lease (default setTimeout). */
   readonly sleep?: (ms: number) => Promise<void>;
 }
@@ -134,6 +137,7 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
   const leaseMs = (config.leaseSeconds ?? DEFAULT_LEASE_SECONDS) * 1000;
   const leaseWaitMs = config.leaseWaitMs ?? DEFAULT_LEASE_WAIT_MS;
   const sleep = ports.sleep ?? defaultSleep;
+  const metrics = ports.metrics ?? noMetrics;
 
   /**
    * Runs `work` holding the key's lease — the one rotations take too (core/lifecycle/key-lock.ts),
@@ -232,6 +236,8 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
       });
       out.push({ version: p.info.version, outcome: "updated" });
     }
+    const step = audit.kind === "measurement-retired" ? "retirement" : "policy-update";
+    for (const v of out) metrics.rolloutStep({ keyName, step, outcome: v.outcome });
     return out;
   }
 
@@ -468,6 +474,7 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
           if (isShieldError(error) && error.transient) throw error; // redelivered, resumes
           failed = true;
           progress[index] = { keyName, status: "failed", versions: [], error: errorSummary(error) };
+          metrics.rolloutStep({ keyName, step: "policy-update", outcome: "refused" });
           ports.logger("error", "policy update refused for a key", {
             deploymentId: message.deploymentId,
             keyName,
@@ -490,6 +497,7 @@ export function createRollout(ports: RolloutPorts, config: RolloutConfig) {
           const result = await underLease(state.keyName, () => retireDueForKey(state.keyName));
           out.push({ keyName: state.keyName, ...result });
         } catch (error) {
+          metrics.rolloutStep({ keyName: state.keyName, step: "retirement", outcome: "refused" });
           out.push({ keyName: state.keyName, retired: [], versions: [], error: errorSummary(error) });
         }
       }

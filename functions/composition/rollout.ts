@@ -13,6 +13,7 @@ import type { PolicyUpdate } from "../../core/messages/index.js";
 import { systemRandom, type Clock } from "../../core/ports/clock.js";
 import type { KeyStore } from "../../core/ports/key-store.js";
 import type { Logger } from "../../core/ports/logger.js";
+import type { ShieldMetrics } from "../../core/ports/metrics.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
 import type { StateStore } from "../../core/ports/state.js";
 import { createRollout, type RetirementReport } from "../../core/rollout/rollout.js";
@@ -49,6 +50,7 @@ export async function buildRolloutHandlers(
     readonly logger: Logger;
     /** The composition's clock (configureComposition), so the retirement timer follows it too. */
     readonly clock: Clock;
+    readonly metrics: ShieldMetrics;
   },
 ): Promise<RolloutHandlers> {
   const deploy = settings.deploy;
@@ -61,6 +63,7 @@ export async function buildRolloutHandlers(
       clock,
       random: systemRandom,
       logger: ports.logger,
+      metrics: ports.metrics,
     },
     { seed: settings.appraisal, leaseSeconds: deploy.leaseSeconds },
   );

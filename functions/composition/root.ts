@@ -27,6 +27,8 @@ import {
 } from "../../core/lifecycle/keyvault-events.js";
 import { createAppraisalPolicySource } from "../../core/rollout/appraisal-source.js";
 import { buildRolloutHandlers, type RolloutHandlers } from "./rollout.js";
+import type { MeterProvider } from "@opentelemetry/api";
+import { noMetrics, type ShieldMetrics } from "../../core/ports/metrics.js";
 
 /** Retries inside one invocation: a few quick attempts; redelivery does the rest. */
 const INVOCATION_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 200, maxDelayMs: 2_000 };
@@ -158,6 +160,26 @@ async function buildAgentChannel(
   return createStorageQueueBus({ connectionString: settings.bus.connectionString });
 }
 
+/** The metrics port: the distro only when Application Insights is configured, loaded lazily. */
+async function buildMetrics(
+  settings: FunctionsSettings,
+  options: CompositionOptions,
+): Promise<ShieldMetrics> {
+  const { createOpenTelemetryMetrics } = await import("../../adapters/telemetry/metrics.js");
+  if (options.meterProvider !== undefined) return createOpenTelemetryMetrics(options.meterProvider);
+  if (settings.applicationInsightsConnectionString === undefined) return noMetrics;
+  try {
+    const { startAzureMonitor } = await import("../../adapters/telemetry/azure-monitor.js");
+    await startAzureMonitor(settings.applicationInsightsConnectionString);
+  } catch {
+    // Metrics must never stop attestations and releases: without the exporter, none are sent.
+    console.warn("Application Insights exporter could not start; metrics are not exported");
+    return noMetrics;
+  }
+  const { metrics } = await import("@opentelemetry/api");
+  return createOpenTelemetryMetrics(metrics.getMeterProvider());
+}
+
 /** Forwards to whichever logger the current invocation supplied. */
 function invocationLogger(): { logger: Logger; use<T>(logger: Logger, run: () => Promise<T>): Promise<T> } {
   const storage = new AsyncLocalStorage<Logger>();
@@ -173,6 +195,12 @@ export interface CompositionOptions {
    * the tests move it, to show a day of re-attestation and rotation in a minute.
    */
   readonly clock?: Clock;
+  /**
+   * Where metrics go (default: with APPLICATIONINSIGHTS_CONNECTION_STRING, the global
+   * OpenTelemetry provider Microsoft's distro registers; without it, nowhere). Tests pass an SDK
+   * provider with an in-memory reader.
+   */
+  readonly meterProvider?: MeterProvider;
 }
 
 let compositionOptions: CompositionOptions = {};
@@ -187,6 +215,7 @@ export async function buildComposition(
   options: CompositionOptions = compositionOptions,
 ): Promise<Composition> {
   const systemClock = options.clock ?? realClock;
+  const metrics = await buildMetrics(settings, options);
   let credentialPromise: Promise<TokenCredentialLike> | undefined;
   const credential = () => (credentialPromise ??= defaultCredential());
   const logs = invocationLogger();
@@ -237,7 +266,7 @@ export async function buildComposition(
     { challengeSeconds: settings.challengeSeconds },
   );
   const tick = createReattestTick(
-    { state: retryingState, challenges, revoker, clock: systemClock, logger: logs.logger },
+    { state: retryingState, challenges, revoker, clock: systemClock, logger: logs.logger, metrics },
     { budget: settings.reattest.budget, marginSeconds: settings.reattest.marginSeconds },
   );
   const rotation = createRotation(
@@ -248,6 +277,7 @@ export async function buildComposition(
       rotations,
       clock: systemClock,
       logger: logs.logger,
+      metrics,
     },
     {
       lifecycles: settings.lifecycles,
@@ -273,6 +303,7 @@ export async function buildComposition(
       random: systemRandom,
       logger: logs.logger,
       revoker,
+      metrics,
       appraisalPolicies: createAppraisalPolicySource(policyState, settings.appraisal),
     },
     {
@@ -292,6 +323,7 @@ export async function buildComposition(
     keyVaultCredential,
     logger: logs.logger,
     clock: systemClock,
+    metrics,
   });
   return {
     settings,

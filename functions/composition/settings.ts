@@ -67,6 +67,8 @@ const schema = z.object({
     .string()
     .regex(/^[A-Za-z0-9-]{1,64}$/)
     .optional(),
+  /** Set by Azure when the app has Application Insights: metrics are exported there. */
+  APPLICATIONINSIGHTS_CONNECTION_STRING: z.string().max(2048).optional(),
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -218,6 +220,8 @@ export interface FunctionsSettings {
   readonly managedKeys: readonly string[];
   readonly keyVaultName?: string;
   readonly deploy: DeploySettings;
+  /** APPLICATIONINSIGHTS_CONNECTION_STRING: metrics go to Application Insights (never logged). */
+  readonly applicationInsightsConnectionString?: string;
 }
 
 function configError(violations: Violation[]): ShieldError {
@@ -339,5 +343,9 @@ export function readSettings(env: Readonly<Record<string, string | undefined>>):
     managedKeys: lifecycle.named,
     ...(s.SHIELD_KEYVAULT_NAME === undefined ? {} : { keyVaultName: s.SHIELD_KEYVAULT_NAME }),
     deploy: readDeploySettings(env),
+    ...(s.APPLICATIONINSIGHTS_CONNECTION_STRING === undefined ||
+    s.APPLICATIONINSIGHTS_CONNECTION_STRING.trim() === ""
+      ? {}
+      : { applicationInsightsConnectionString: s.APPLICATIONINSIGHTS_CONNECTION_STRING }),
   };
 }

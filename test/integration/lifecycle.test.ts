@@ -17,6 +17,8 @@ import { rotationScheduleTick } from "../../functions/rotation-schedule.js";
 import { keyVaultEvent, keyVaultEventsWebhook } from "../../functions/keyvault-events.js";
 import { reinstateAgent, revokeAgent } from "../../functions/agents-admin.js";
 import { rotateKeyNow } from "../../functions/keys-admin.js";
+import { startLocalHttpHost } from "../../adapters/local/http-host.js";
+import { runCli } from "../../cli/main.js";
 import { configureComposition, resetComposition } from "../../functions/composition/root.js";
 import { startLocalStack, type LocalStack } from "../../local/stack.js";
 import { createStorageQueueBus, type StorageQueueBus } from "../../adapters/storage-queue/bus.js";
@@ -205,6 +207,14 @@ async function drainRotations(): Promise<number> {
   } finally {
     await receiver.close();
   }
+}
+
+/** `shield …` in-process; the last stdout line parsed when `--json` is given. */
+async function shield(...argv: string[]): Promise<{ code: number; json: Record<string, unknown> }> {
+  const stdout: string[] = [];
+  const code = await runCli(argv, { stdout: (l) => stdout.push(l), stderr: () => undefined });
+  const json = argv.includes("--json") ? (JSON.parse(stdout.at(-1) ?? "{}") as Record<string, unknown>) : {};
+  return { code, json };
 }
 
 async function versions(): Promise<string[]> {
@@ -469,6 +479,34 @@ describe("re-attestation, revocation by rotation, reinstatement", () => {
     expect((unknown.jsonBody as { error: { code: string } }).error.code).toBe("ERR_KEY_UNKNOWN");
     expect((await rotateNow("bad_name!")).status).toBe(400);
     expect(await drainRotations()).toBe(0);
+  });
+
+  it("shield key rotate / agent reinstate call the same endpoints, served by their handlers", async () => {
+    const host = await startLocalHttpHost([
+      { method: "POST", route: "keys/{keyName}/rotate", functionName: "key-rotate", handler: rotateKeyNow },
+      {
+        method: "POST",
+        route: "agents/{agentId}/reinstate",
+        functionName: "agent-reinstate",
+        handler: reinstateAgent,
+      },
+    ]);
+    try {
+      const before = await versions();
+      const rotated = await shield("key", "rotate", KEY, "--url", host.url, "--json");
+      expect(rotated.code).toBe(0);
+      expect(rotated.json).toMatchObject({ ok: true, keyName: KEY, currentVersion: before.at(-1) });
+      expect(await drainRotations()).toBe(1);
+      expect(await versions()).toHaveLength(before.length + 1);
+
+      const unknown = await shield("agent", "reinstate", "no-such-agent", "--url", host.url, "--json");
+      expect(unknown.code).toBe(1);
+      expect(unknown.json).toMatchObject({ ok: false, error: { code: "ERR_AGENT_UNKNOWN" } });
+      expect((await shield("key", "rotate", "bad_name!", "--url", host.url)).code).toBe(2);
+      expect(await drainRotations()).toBe(0);
+    } finally {
+      await host.close();
+    }
   });
 });
 
