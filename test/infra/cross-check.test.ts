@@ -14,8 +14,10 @@
 import type * as AzureFunctions from "@azure/functions";
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
+import { Script } from "node:vm";
 import { beforeAll, describe, expect, it, vi } from "vitest";
 import { parse } from "yaml";
+import { Pod } from "kubernetes-models/v1";
 import { commands } from "../../cli/commands/index.js";
 import { FUNCTIONS_SETTING_NAMES, readSettings } from "../../functions/composition/settings.js";
 import { REQUESTS_QUEUE, RESULTS_QUEUE, ROTATE_KEY_QUEUE } from "../../core/ports/bus.js";
@@ -334,6 +336,22 @@ describe("docs/deploy.md against the templates, the chart and the CLI", () => {
     ].map((m) => (m[1] ?? m[2]!.replace(/\\"/g, '"')).replace(/\$[A-Z_]+/g, hex));
     expect(seeds).toHaveLength(2);
     for (const s of seeds) expect(() => parseAppraisalPolicy(s)).not.toThrow();
+  });
+
+  it("its token probe is a valid confidential Pod whose script compiles", () => {
+    const script = shellBlocks(guide).join("\n");
+    const heredoc = /cat > token-probe\.yaml <<EOF\n([\s\S]*?)\nEOF/.exec(script)?.[1];
+    expect(heredoc).toBeDefined();
+    const pod = parse(
+      heredoc!.replace(/\$ACR/g, "acrshield").replace(/\$MAA_HOST/g, "maa.eus.attest.azure.net"),
+    ) as {
+      spec: { runtimeClassName: string; containers: { name: string; command: string[] }[] };
+    };
+    expect(() => new Pod(pod as never).validate()).not.toThrow();
+    expect(pod.spec.runtimeClassName).toBe("kata-cc-isolation");
+    const fetch = pod.spec.containers.find((c) => c.name === "fetch")!;
+    expect(fetch.command.slice(0, 2)).toEqual(["/nodejs/bin/node", "-e"]);
+    expect(() => new Script(fetch.command[2]!)).not.toThrow();
   });
 
   it("a wrong option, output, chart value or parameter in the guide fails", () => {
