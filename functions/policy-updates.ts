@@ -2,14 +2,15 @@
  * `policy-updates`: Service Bus queue trigger on `policy-updates` — applies a deployment's
  * `policy-update` key by key (core/rollout), one key at a time under its lease. An adapter only:
  * the body is parsed from unknown with the message schema and a size limit; a malformed one is
- * logged and completed (it can never succeed), a transient failure is thrown so Service Bus
- * redelivers it, and a refusal is recorded on the deployment by the use case.
+ * recorded in the intake audit and completed (it can never succeed), a transient failure is
+ * thrown so Service Bus redelivers it, and a refusal is recorded on the deployment by the use
+ * case.
  */
 import { app, type InvocationContext } from "@azure/functions";
-import { isShieldError } from "../core/errors.js";
+import { ShieldError, isShieldError } from "../core/errors.js";
 import { parsePolicyUpdate } from "../core/messages/index.js";
 import { composition } from "./composition/root.js";
-import { contextLogger } from "./composition/invocation.js";
+import { contextLogger, serviceBusDelivery } from "./composition/invocation.js";
 
 export const POLICY_UPDATE_MAX_BYTES = 64 * 1024;
 
@@ -18,8 +19,14 @@ export async function policyUpdates(message: unknown, context: InvocationContext
   let update;
   try {
     update = parsePolicyUpdate(message, { maxBytes: POLICY_UPDATE_MAX_BYTES });
-  } catch (error) {
-    log("error", "policy-update refused", { code: isShieldError(error) ? error.code : "ERR_INTERNAL" });
+  } catch (caught) {
+    const error = isShieldError(caught)
+      ? caught
+      : new ShieldError("ERR_INTERNAL", "the policy-update could not be read", { cause: caught });
+    log("error", "policy-update refused", { code: error.code });
+    // Completed, not redelivered (it will never parse), so it is recorded first.
+    const { rollout } = await composition();
+    await rollout.rejectPolicyUpdate(error, serviceBusDelivery(context).messageId);
     return;
   }
   const { rollout } = await composition();

@@ -17,6 +17,7 @@ import type { ShieldMetrics } from "../../core/ports/metrics.js";
 import type { PolicyStateStore } from "../../core/ports/policy-state.js";
 import type { StateStore } from "../../core/ports/state.js";
 import { createRollout, type RetirementReport } from "../../core/rollout/rollout.js";
+import { INTAKE_AUDIT_PARTITION } from "../../core/attest/attest.js";
 import { readStatus, type StatusSnapshot } from "../../core/status/status.js";
 import type { DeployHttpRequest } from "./http.js";
 import type { FunctionsSettings } from "./settings.js";
@@ -35,6 +36,11 @@ export interface RolloutHandlers {
   ): Promise<HttpAnswer>;
   getDeployment(deploymentId: string): Promise<HttpAnswer>;
   applyPolicyUpdate(message: PolicyUpdate): Promise<void>;
+  /**
+   * Records a policy-update message that does not parse (intake audit: message id and code), so
+   * that completing it loses nothing, as for the other queues.
+   */
+  rejectPolicyUpdate(error: ShieldError, messageId: string): Promise<void>;
   retireDue(): Promise<RetirementReport>;
   /** The status snapshot (core/status). */
   status(): Promise<StatusSnapshot>;
@@ -114,6 +120,18 @@ export async function buildRolloutHandlers(
       deployments === undefined ? notConfigured : deployments.get(deploymentId),
     applyPolicyUpdate: async (message) => {
       await rollout.applyPolicyUpdate(message);
+    },
+    rejectPolicyUpdate: async (error, messageId) => {
+      await retrying(ports.state, ROLLOUT_RETRY).appendAudit(INTAKE_AUDIT_PARTITION, {
+        at: systemClock.now(),
+        kind: "message-rejected",
+        subject: "policy-update",
+        details: {
+          messageId: messageId.slice(0, 128),
+          code: error.code,
+          violations: error.violations.length,
+        },
+      });
     },
     retireDue: () => rollout.retireDue(),
     status: () =>

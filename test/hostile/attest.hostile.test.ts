@@ -8,7 +8,7 @@
  * for a message too broken to name an agent, an intake audit entry records it), the refusal is
  * on record, and the local Key Vault saw no release call.
  */
-import { InvocationContext } from "@azure/functions";
+import { HttpRequest, InvocationContext } from "@azure/functions";
 import { createHash, generateKeyPairSync, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLocalAttestationEngine } from "../../adapters/local/maa/engine.js";
@@ -42,7 +42,10 @@ import type { StateStore } from "../../core/ports/state.js";
 import { renderReleasePolicy } from "../../core/policy/index.js";
 import { INTAKE_AUDIT_PARTITION } from "../../core/attest/attest.js";
 import { attest } from "../../functions/attest.js";
-import { resetComposition } from "../../functions/composition/root.js";
+import { keyVaultEventsWebhook } from "../../functions/keyvault-events.js";
+import { policyUpdates } from "../../functions/policy-updates.js";
+import { rotate } from "../../functions/rotate.js";
+import { composition, resetComposition } from "../../functions/composition/root.js";
 import { azuriteConnectionString, uniqueTableName } from "../support/storage.js";
 import { createHostileIssuer, type HostileIssuer, type TokenMutation } from "./hostile-maa.js";
 
@@ -980,6 +983,7 @@ beforeAll(async () => {
   });
   Object.assign(process.env, stack.settings);
   await resetComposition();
+  await composition(); // creates the state table, so any case can run first
   bus = createStorageQueueBus({ connectionString });
   state = await createTableStateStore({ tableName, connectionString });
   const keyStore = createKeyVaultKeyStore({
@@ -1061,6 +1065,129 @@ describe("attest: hostile input is refused with its code, on record, with no rel
         expect(result.keys).toEqual([]);
       }
       expect(await recordOf(built, messageId)).toBe(hostile.code);
+      expect(releases()).toBe(before);
+    });
+  }
+});
+
+/** Hostile messages to the other queue and HTTP functions of the composition. */
+interface FunctionCase {
+  readonly name: string;
+  readonly code: ShieldErrorCode;
+  /** Runs the function with the hostile input; resolves with the HTTP status, if any. */
+  readonly run: (messageId: string) => Promise<number | undefined>;
+  /** The intake audit entry's kind. */
+  readonly kind: string;
+}
+
+function eventGridRequest(body: string): HttpRequest {
+  return new HttpRequest({
+    method: "POST",
+    url: "http://localhost/api/keyvault-events",
+    body: { string: body },
+    headers: { "content-type": "application/json", "aeg-event-type": "Notification" },
+  });
+}
+
+const functionCases: FunctionCase[] = [
+  {
+    name: "policy-updates: not JSON",
+    code: "ERR_MESSAGE_SCHEMA",
+    kind: "message-rejected",
+    run: (id) => policyUpdates("{deploymentId:", context(id)).then(() => undefined),
+  },
+  {
+    name: "policy-updates: an attestation request on the policy-update queue",
+    code: "ERR_MESSAGE_SCHEMA",
+    kind: "message-rejected",
+    run: async (id) => {
+      const built = await snp();
+      await policyUpdates(built.body, context(id));
+      return undefined;
+    },
+  },
+  {
+    name: "policy-updates: unknown version",
+    code: "ERR_MESSAGE_VERSION",
+    kind: "message-rejected",
+    run: (id) =>
+      policyUpdates(
+        { type: "policy-update", version: 7, deploymentId: "d-1", keys: [KEY], add: [], graceSeconds: 60 },
+        context(id),
+      ).then(() => undefined),
+  },
+  {
+    name: "policy-updates: oversized",
+    code: "ERR_INPUT_TOO_LARGE",
+    kind: "message-rejected",
+    run: (id) => policyUpdates("x".repeat(100 * 1024), context(id)).then(() => undefined),
+  },
+  {
+    name: "rotate: not JSON",
+    code: "ERR_MESSAGE_SCHEMA",
+    kind: "message-rejected",
+    run: (id) => rotate("{keyName:", context(id)).then(() => undefined),
+  },
+  {
+    name: "rotate: unknown reason, __proto__ member",
+    code: "ERR_MESSAGE_SCHEMA",
+    kind: "message-rejected",
+    run: (id) =>
+      rotate(
+        `{"__proto__":{"reason":"manual"},"type":"rotate-key","version":1,"keyName":"${KEY}","reason":"because","sourceEventId":"e-1","sentAt":"${new Date().toISOString()}"}`,
+        context(id),
+      ).then(() => undefined),
+  },
+  {
+    name: "keyvault-events webhook: not JSON",
+    code: "ERR_EVENT_MALFORMED",
+    kind: "event-rejected",
+    run: async (id) => (await keyVaultEventsWebhook(eventGridRequest("[{"), context(id))).status,
+  },
+  {
+    name: "keyvault-events webhook: a Key Vault event without its data",
+    code: "ERR_EVENT_MALFORMED",
+    kind: "event-rejected",
+    run: async (id) =>
+      (
+        await keyVaultEventsWebhook(
+          eventGridRequest(
+            JSON.stringify([
+              {
+                id: randomUUID(),
+                topic: "/subscriptions/x/resourceGroups/y/providers/Microsoft.KeyVault/vaults/shield-local",
+                subject: KEY,
+                eventType: "Microsoft.KeyVault.KeyNearExpiry",
+                eventTime: new Date().toISOString(),
+                dataVersion: "1",
+                metadataVersion: "1",
+              },
+            ]),
+          ),
+          context(id),
+        )
+      ).status,
+  },
+];
+
+describe("queue and HTTP functions: malformed messages are recorded, settled and release nothing", () => {
+  for (const hostile of functionCases) {
+    it(`${hostile.name} → ${hostile.code}`, async () => {
+      const messageId = `hostile-${randomUUID()}`;
+      const before = releases();
+      const entries = async () =>
+        (await state.listAudit(INTAKE_AUDIT_PARTITION)).filter(
+          (e) =>
+            e.kind === hostile.kind && (e.details as { code?: string } | undefined)?.code === hostile.code,
+        );
+      const earlier = (await entries()).length;
+      const status = await hostile.run(messageId); // settles: no throw
+      if (status !== undefined) expect(status).toBe(400);
+      const recorded = await entries();
+      expect(recorded.length).toBe(earlier + 1);
+      if (hostile.kind === "message-rejected") {
+        expect((recorded.at(-1)!.details as { messageId?: string }).messageId).toBe(messageId);
+      }
       expect(releases()).toBe(before);
     });
   }
