@@ -29,6 +29,9 @@ import type { Logger } from "../core/ports/logger.js";
 import { composition, resetComposition } from "../functions/composition/root.js";
 import { main as agentMain } from "../agent/main.js";
 import { runOrders } from "../examples/confidential-db/main.js";
+import { startSystem, type BusKind, type LocalSystem } from "./system.js";
+import { DEMO_SETTINGS, runDemoScenario, type StepResult } from "./scenario.js";
+import { startEventFeed, type EventFeed } from "./events.js";
 
 /** Examples `npm start -- --with-example <name>` can run beside the agent. */
 export const EXAMPLES = ["db"] as const;
@@ -248,6 +251,105 @@ export async function runEmbedded(options: EmbeddedOptions = {}): Promise<Embedd
   }
 }
 
+export interface LocalRunOptions {
+  readonly scenario?: "demo";
+  /** Exit after the scenario (with its verdict). */
+  readonly exit?: boolean;
+  readonly bus?: BusKind;
+  /** SEV-SNP agents to start (default 1; the demo scenario starts its own). */
+  readonly agents?: number;
+  readonly print?: (line: string) => void;
+  readonly verbose?: boolean;
+}
+
+export interface LocalRun {
+  readonly system: LocalSystem;
+  /** The scenario's verdict, when one ran. */
+  readonly result?: { ok: boolean; steps: StepResult[] };
+  stop(): Promise<void>;
+}
+
+/**
+ * `npm start` (and `--scenario demo`): the whole system — every function under the local host,
+ * SEV-SNP and SGX agents — printing one line per event as it happens.
+ */
+export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRun> {
+  const print = options.print ?? ((line: string) => process.stdout.write(line + "\n"));
+  const stamp = () => new Date().toISOString().slice(11, 19);
+  const say = (line: string) => print(`${stamp()} ${line}`);
+  // Set once the system is up; the host's logger forwards to it from then on.
+  const forward: { feed?: EventFeed } = {};
+  const system = await startSystem({
+    bus: options.bus ?? "storage-queue",
+    ...(options.scenario === "demo" ? { settings: DEMO_SETTINGS } : {}),
+    logger: (level, message, fields) => {
+      forward.feed?.logger(level, message, fields);
+      if (options.verbose === true || level === "error")
+        print(`  [${level}] ${message}${fields === undefined ? "" : ` ${JSON.stringify(fields)}`}`);
+    },
+    ...(options.verbose === true
+      ? { agentOutput: (id: string, line: string) => print(`  ${id}: ${line}`) }
+      : {}),
+  });
+  const feed = startEventFeed({
+    state: system.state,
+    vault: system.stack.vault,
+    keyNames: [DEMO_KEY],
+    agentIds: () => [
+      ...new Set([...system.agents.keys(), "snp-agent-1", "sgx-agent-1", "agent-evil", "snp-agent-2"]),
+    ],
+    print: say,
+  });
+  forward.feed = feed;
+  const stop = async () => {
+    await feed.stop();
+    await system.stop();
+  };
+  try {
+    say(
+      `Shield on one machine (bus: ${system.bus}): Azurite, local MAA ${system.stack.maa.url}, local Key Vault ${system.stack.keyVault.url}`,
+    );
+    for (const f of system.host.functions) say(`  function ${f.name}: ${f.trigger} ${f.detail}`);
+    say(`status page: ${system.statusPageUrl}`);
+    if (options.scenario === "demo") {
+      const result = await runDemoScenario(system, (step) =>
+        say(
+          `step ${step.name}: ${step.ok ? "ok" : "FAILED"} (${step.ms} ms)${step.detail === undefined ? "" : ` — ${step.detail}`}`,
+        ),
+      );
+      await feed.poll();
+      print(
+        JSON.stringify({ ok: result.ok, steps: result.steps.map(({ name, ok, ms }) => ({ name, ok, ms })) }),
+      );
+      return { system, result, stop };
+    }
+    const count = Math.max(1, options.agents ?? 1);
+    for (let i = 1; i <= count; i++) {
+      system.startAgent({
+        agentId: `snp-agent-${i}`,
+        tee: "sevsnp",
+        ...(i === 1 ? { listen: "127.0.0.1:8280" } : {}),
+      });
+    }
+    system.startAgent({ agentId: "sgx-agent-1", tee: "sgx" });
+    say(
+      "agents started: " +
+        [...system.agents.keys()].join(", ") +
+        " (snp-agent-1 key API http://127.0.0.1:8280); Ctrl-C stops everything",
+    );
+    return { system, stop };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+function flagValue(name: string): string | undefined {
+  const at = process.argv.findIndex((arg) => arg === name || arg.startsWith(`${name}=`));
+  if (at === -1) return undefined;
+  return process.argv[at]!.split("=")[1] ?? process.argv[at + 1];
+}
+
 const entry = process.argv[1];
 if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
   const once = process.argv.includes("--once");
@@ -257,26 +359,70 @@ if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
     process.stderr.write(`error: --with-example takes one of ${EXAMPLES.join(", ")}\n`);
     process.exit(2);
   }
-  runEmbedded({
-    once,
-    verbose: process.argv.includes("--verbose"),
-    ...(example === undefined ? {} : { withExample: example as (typeof EXAMPLES)[number] }),
-  }).then(
-    async (run) => {
-      if (once) {
-        await run.stop();
-        return;
-      }
-      const shutdown = () => {
-        void run.stop().then(() => process.exit(0));
-      };
-      process.once("SIGINT", shutdown);
-      process.once("SIGTERM", shutdown);
-      setInterval(() => undefined, 1 << 30); // keep serving until a signal
-    },
-    (error: unknown) => {
-      process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
-      process.exitCode = 1;
-    },
-  );
+  const scenario = flagValue("--scenario");
+  const bus = flagValue("--bus");
+  const agents = flagValue("--agents");
+  if (scenario !== undefined && scenario !== "demo") {
+    process.stderr.write("error: --scenario takes demo\n");
+    process.exit(2);
+  }
+  if (bus !== undefined && bus !== "storage-queue" && bus !== "servicebus") {
+    process.stderr.write("error: --bus takes storage-queue or servicebus\n");
+    process.exit(2);
+  }
+  if (agents !== undefined && !/^[1-9]\d?$/.test(agents)) {
+    process.stderr.write("error: --agents takes 1..99\n");
+    process.exit(2);
+  }
+  if (!once && example === undefined) {
+    const exitAfter = process.argv.includes("--exit");
+    runLocal({
+      verbose: process.argv.includes("--verbose"),
+      ...(scenario === undefined ? {} : { scenario: "demo" as const, exit: exitAfter }),
+      ...(bus === undefined ? {} : { bus: bus }),
+      ...(agents === undefined ? {} : { agents: Number(agents) }),
+    }).then(
+      async (run) => {
+        if (run.result !== undefined && exitAfter) {
+          await run.stop();
+          process.exit(run.result.ok ? 0 : 1);
+        }
+        let stopping = false;
+        const shutdown = () => {
+          if (stopping) return;
+          stopping = true;
+          void run.stop().then(() => process.exit(0));
+        };
+        process.once("SIGINT", shutdown);
+        process.once("SIGTERM", shutdown);
+        setInterval(() => undefined, 1 << 30);
+      },
+      (error: unknown) => {
+        process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+        process.exit(1);
+      },
+    );
+  } else
+    runEmbedded({
+      once,
+      verbose: process.argv.includes("--verbose"),
+      ...(example === undefined ? {} : { withExample: example as (typeof EXAMPLES)[number] }),
+    }).then(
+      async (run) => {
+        if (once) {
+          await run.stop();
+          return;
+        }
+        const shutdown = () => {
+          void run.stop().then(() => process.exit(0));
+        };
+        process.once("SIGINT", shutdown);
+        process.once("SIGTERM", shutdown);
+        setInterval(() => undefined, 1 << 30); // keep serving until a signal
+      },
+      (error: unknown) => {
+        process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+        process.exitCode = 1;
+      },
+    );
 }

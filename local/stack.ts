@@ -10,7 +10,7 @@
  * that the functions sign agent messages with (through the real SDK's `CryptographyClient`), and
  * whose public half agents pin (`controlKeys`).
  */
-import { randomBytes } from "node:crypto";
+import { randomBytes, type X509Certificate } from "node:crypto";
 import type { SimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
 import { systemClock, type Clock } from "../core/ports/clock.js";
 import { silentLogger, type Logger } from "../core/ports/logger.js";
@@ -32,6 +32,8 @@ export interface LocalStackOptions {
   readonly storageConnectionString: string;
   /** The simulated TEE whose root the attestation server trusts; nothing else is trusted. */
   readonly platform: SimulatedSnpPlatform;
+  /** Simulated SGX roots the attestation server also trusts (none by default). */
+  readonly sgxTrustedRoots?: readonly X509Certificate[];
   /** The appraisal policy the functions apply (JSON text; see core/appraisal). */
   readonly appraisalPolicy: string;
   /** `x-ms-compliance-status` the attestation server reports (as MAA does for ACI). */
@@ -75,7 +77,7 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       const engine = createLocalAttestationEngine({
         issuer: await createMaaTokenIssuer({ issuer: url }),
         snpTrustedRoots: [options.platform.ark],
-        sgxTrustedRoots: [],
+        sgxTrustedRoots: options.sgxTrustedRoots ?? [],
         clock: maaClock,
         ...(options.complianceStatus === undefined ? {} : { complianceStatus: options.complianceStatus }),
       });

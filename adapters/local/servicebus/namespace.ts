@@ -10,10 +10,13 @@ import { randomBytes } from "node:crypto";
 import { REQUESTS_QUEUE, RESULTS_QUEUE } from "../../../core/ports/bus.js";
 import type { Logger } from "../../../core/ports/logger.js";
 import { startLocalServiceBus, type LocalServiceBus } from "./server.js";
+import type { QueueSettings } from "./engine.js";
 
 export interface LocalServiceBusNamespaceOptions {
   /** MaxDeliveryCount of the request queue (default 10, Service Bus's). */
   readonly maxDeliveryCount?: number;
+  /** The queues to make instead of the two above (a whole function app's). */
+  readonly queues?: readonly QueueSettings[];
   readonly logger?: Logger;
 }
 
@@ -30,7 +33,7 @@ export async function startLocalServiceBusNamespace(
   options: LocalServiceBusNamespaceOptions = {},
 ): Promise<LocalServiceBusNamespace> {
   const endpoint = await startLocalServiceBus({
-    queues: [
+    queues: options.queues ?? [
       { name: REQUESTS_QUEUE, maxDeliveryCount: options.maxDeliveryCount ?? 10 },
       { name: RESULTS_QUEUE, requiresSession: true },
     ],
