@@ -82,7 +82,12 @@ export interface RuntimeOptions {
   readonly clock?: Clock;
   readonly random?: Random;
   /** Called once the agent and the key API are running. */
-  readonly onRunning?: (running: { readonly agent: Agent; readonly api: KeyApi }) => void;
+  readonly onRunning?: (running: {
+    readonly agent: Agent;
+    readonly api: KeyApi;
+    /** With SHIELD_PG_PROXY_FILE: the PostgreSQL proxy. */
+    readonly pgProxy?: PgProxy;
+  }) => void;
 }
 
 const processIo: MainIo = {
@@ -314,7 +319,7 @@ export async function runAgent(context: StartContext, runtime: RuntimeOptions = 
   const disposeExitWipe = keyFiles === undefined ? undefined : removeKeyFilesOnExit(keyFiles);
   try {
     await agent.start();
-    runtime.onRunning?.({ agent, api });
+    runtime.onRunning?.({ agent, api, ...(pgProxy === undefined ? {} : { pgProxy }) });
     await aborted(shutdown.signal);
     logger("info", "shutting down: wiping keys", { agentId: config.agentId });
   } finally {

@@ -21,6 +21,9 @@ import { makeKeyEvent } from "../../../core/messages/index.js";
 import { createTestControlPlane, type TestControlPlane } from "../../support/control.js";
 import { tempDir } from "./fakes.js";
 import { FAKE_VAULT, FakeVault, makeSigner, startFakeResponder } from "./responder.js";
+import pg from "pg";
+import type { PgProxy } from "../../../agent/pg-proxy/proxy.js";
+import { startLocalPostgres } from "../../../examples/confidential-db/local-postgres.js";
 
 let platform: SimulatedSnpPlatform;
 let signer: ReleaseResponseSigner;
@@ -388,6 +391,115 @@ describe("main: the default start", () => {
       expect(await exit).toBe(EXIT_CODES.ok);
       await responder.stop();
       await bus.close();
+    }
+  });
+
+  it("starts the PostgreSQL proxy from SHIELD_PG_PROXY_FILE with the agent's keys; revocation ends its connections", async () => {
+    const agentId = "run-agent-pg-proxy";
+    const postgres = await startLocalPostgres();
+    const bus = new MemoryBus();
+    const vault = new FakeVault();
+    vault.addOct("orders", "v1", randomBytes(32));
+    const responder = startFakeResponder({ bus, vault, signer, control });
+    const shutdown = new AbortController();
+    const appPassword = randomBytes(18).toString("base64url");
+    await writeFile(join(dir, "pg-app-password"), appPassword);
+    await writeFile(join(dir, "pg-db-password"), decodeURIComponent(new URL(postgres.url).password));
+    await writeFile(
+      join(dir, "pg-proxy.json"),
+      JSON.stringify({
+        listen: "127.0.0.1:0",
+        key: "orders",
+        columns: { "customers.email": { index: "email_index" } },
+        clientPasswordFile: join(dir, "pg-app-password"),
+        upstream: {
+          host: "127.0.0.1",
+          port: postgres.port,
+          database: "orders",
+          user: "postgres",
+          sslmode: "disable",
+          auth: { kind: "password-file", file: join(dir, "pg-db-password") },
+        },
+      }),
+    );
+    const operator = new pg.Client({ connectionString: postgres.url });
+    await operator.connect();
+    await operator.query("CREATE TABLE customers (id int PRIMARY KEY, email text, email_index text)");
+    let running: { agent: Agent; pgProxy?: PgProxy } | undefined;
+    const exit = main([], env(agentId, { SHIELD_PG_PROXY_FILE: join(dir, "pg-proxy.json") }), {
+      io: capture(),
+      select: { simulated: { platform } },
+      runtime: {
+        openBus: memoryBus(bus, agentId),
+        shutdown: shutdown.signal,
+        timing: FAST,
+        onRunning: (given) => (running = given),
+      },
+    });
+    try {
+      await until(() => running?.agent.keys.currentVersion("orders") === "v1");
+      const client = new pg.Client({
+        host: "127.0.0.1",
+        port: running!.pgProxy!.port,
+        user: "postgres",
+        password: appPassword,
+        database: "orders",
+      });
+      // The FATAL answer comes first; the socket closing after it is reported as a second error.
+      const ended = new Promise<Error>((resolve) => client.on("error", resolve));
+      await client.connect();
+      await client.query("INSERT INTO customers (id, email) VALUES ($1, $2)", [1, "ada@example.org"]);
+      const stored = (await operator.query("SELECT email FROM customers")).rows[0] as { email: string };
+      expect(stored.email.startsWith("shield:v1:v1:")).toBe(true);
+      expect(
+        (await client.query("SELECT id FROM customers WHERE email = $1", ["ada@example.org"])).rows,
+      ).toEqual([{ id: 1 }]);
+      await responder.send(
+        makeKeyEvent({ agentId, event: "revoked", keyName: "orders", keyVersion: "v1", sentAt: new Date() }),
+      );
+      await expect(ended).resolves.toMatchObject({ detail: "ERR_PROXY_KEY_UNAVAILABLE" });
+    } finally {
+      shutdown.abort();
+      expect(await exit).toBe(EXIT_CODES.ok);
+      await responder.stop();
+      await bus.close();
+      await operator.end();
+      await postgres.stop();
+    }
+  }, 60_000);
+
+  it("exits 2 when SHIELD_PG_PROXY_FILE is unusable or names a key the agent does not hold", async () => {
+    await writeFile(join(dir, "pg-proxy-bad.json"), JSON.stringify({ listen: "0.0.0.0:5432" }));
+    await writeFile(
+      join(dir, "pg-proxy-other-key.json"),
+      JSON.stringify({
+        listen: "127.0.0.1:0",
+        key: "ledger",
+        columns: { "t.c": {} },
+        clientPasswordFile: "/nonexistent",
+        upstream: {
+          host: "127.0.0.1",
+          database: "d",
+          user: "u",
+          sslmode: "disable",
+          auth: { kind: "entra" },
+        },
+      }),
+    );
+    const cases: [string, RegExp][] = [
+      [join(dir, "missing.json"), /ERR_CONFIG: SHIELD_PG_PROXY_FILE .* cannot be read/],
+      [join(dir, "pg-proxy-bad.json"), /ERR_CONFIG: pg proxy settings/],
+      [join(dir, "pg-proxy-other-key.json"), /names a key that is not in SHIELD_KEYS/],
+    ];
+    for (const [file, expected] of cases) {
+      const io = capture();
+      const code = await main([], env("run-agent-pg-bad", { SHIELD_PG_PROXY_FILE: file }), {
+        io,
+        select: { simulated: { platform } },
+        runtime: { shutdown: new AbortController().signal },
+      });
+      expect(code).toBe(EXIT_CODES.config);
+      expect(io.err.join("\n")).toMatch(expected);
     }
   });
 
