@@ -68,9 +68,7 @@ export interface AttestBenchResult {
  * An HTTP proxy in front of Azurite's Table endpoint that counts every request the functions'
  * state store makes: the round trips an attestation costs, whatever the adapter batches.
  */
-async function startCountingTableProxy(
-  target: string,
-): Promise<{
+async function startCountingTableProxy(target: string): Promise<{
   url: string;
   count(): number;
   byKind(): Record<string, number>;
