@@ -12,6 +12,8 @@
  * the agent's cost of verifying one signed message.
  */
 import functionsRuntime from "@azure/functions";
+import { createServer, request as httpRequest, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import { startAzurite } from "../adapters/local/azurite.js";
 import { startLocalStack } from "../local/stack.js";
@@ -52,6 +54,67 @@ export interface AttestBenchResult {
   readonly bareSignsPerSecond: number;
   /** The agent's verification of one signed control message. */
   readonly verifiesPerSecond: number;
+  /** Latency injected on every MAA attest call and every Key Vault release and sign, in ms. */
+  readonly latencyMs: number;
+  /** Table Storage HTTP requests per attestation (challenge request + attestation request). */
+  readonly stateRoundTrips: number;
+  /** The same split: the challenge-request's share and the attestation-request's. */
+  readonly stateRoundTripsByPhase: { readonly challenge: number; readonly attestation: number };
+  /** Table requests by method and path kind during the sampled attestations. */
+  readonly stateRequestsByKind: Readonly<Record<string, number>>;
+}
+
+/**
+ * An HTTP proxy in front of Azurite's Table endpoint that counts every request the functions'
+ * state store makes: the round trips an attestation costs, whatever the adapter batches.
+ */
+async function startCountingTableProxy(target: string): Promise<{
+  url: string;
+  count(): number;
+  byKind(): Record<string, number>;
+  reset(): void;
+  close(): Promise<void>;
+}> {
+  const upstream = new URL(target);
+  let total = 0;
+  let kinds: Record<string, number> = {};
+  const server: Server = createServer((req, res) => {
+    total++;
+    const path = (req.url ?? "").split("?")[0] ?? "";
+    const kind = `${req.method} ${path.includes("(") ? "entity" : path.endsWith("$batch") ? "batch" : "table"}`;
+    kinds[kind] = (kinds[kind] ?? 0) + 1;
+    const forward = httpRequest(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+      },
+      (answer) => {
+        res.writeHead(answer.statusCode ?? 502, answer.headers);
+        answer.pipe(res);
+      },
+    );
+    forward.on("error", () => res.destroy());
+    req.pipe(forward);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    count: () => total,
+    byKind: () => ({ ...kinds }),
+    reset: () => {
+      total = 0;
+      kinds = {};
+    },
+    close: () =>
+      new Promise((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections();
+      }),
+  };
 }
 
 async function timed(count: number, concurrency: number, run: (i: number) => Promise<void>): Promise<number> {
@@ -66,11 +129,17 @@ async function timed(count: number, concurrency: number, run: (i: number) => Pro
 }
 
 export async function benchAttest(
-  options: { count?: number; concurrency?: number } = {},
+  options: { count?: number; concurrency?: number; latencyMs?: number } = {},
 ): Promise<AttestBenchResult> {
   const count = options.count ?? 60;
   const concurrency = options.concurrency ?? 4;
+  const latencyMs = options.latencyMs ?? 0;
   const azurite = await startAzurite();
+  const tableProxy = await startCountingTableProxy(new URL(azurite.tableEndpoint).origin);
+  const proxiedState = azurite.connectionString.replace(
+    /TableEndpoint=http:\/\/[^/;]+/,
+    `TableEndpoint=${tableProxy.url}`,
+  );
   const platform = createSimulatedSnpPlatform({ rsaBits: 2048 });
   const stack = await startLocalStack({
     storageConnectionString: azurite.connectionString,
@@ -80,7 +149,8 @@ export async function benchAttest(
     tableName: "benchstate",
   });
   try {
-    Object.assign(process.env, stack.settings);
+    // The functions' state goes through the counting proxy; the bench reads state directly.
+    Object.assign(process.env, stack.settings, { SHIELD_STATE_CONNECTION: proxiedState });
     await resetComposition();
     const keyStore = createKeyVaultKeyStore({
       vaultUrl: stack.keyVault.url,
@@ -155,6 +225,50 @@ export async function benchAttest(
     // Warm up (JIT, connections, caches of signing keys and chains).
     for (let i = 0; i < 5; i++) await attestOnce(i, "warm");
 
+    // State round trips, one attestation at a time, each phase on its own.
+    const sampled = 10;
+    let challengeTrips = 0;
+    let attestationTrips = 0;
+    tableProxy.reset();
+    for (let i = 0; i < sampled; i++) {
+      const agentId = `bench-trips-${i}`;
+      const before = tableProxy.count();
+      await attest(
+        makeChallengeRequest({ agentId, workload: "bench", tee: "sevsnp", sentAt: new Date() }),
+        context(i),
+      );
+      const between = tableProxy.count();
+      challengeTrips += between - before;
+      const nonce = (await state.getAgent(agentId))?.challenge?.nonce;
+      if (nonce === undefined) throw new Error("no challenge was issued");
+      const requestId = `trips-${i}`;
+      const bound = runtimeKey.bindToNonce(
+        nonce,
+        requestBinding({ agentId, requestId, workload: "bench", tee: "sevsnp", keys: KEYS }),
+      );
+      const report = platform.signReport({
+        reportData: bound.reportData.subarray(0, 32),
+        hostData: Buffer.from(HOST_DATA, "hex"),
+      });
+      const during = tableProxy.count();
+      await attest(message(agentId, requestId, report, bound.base64url, nonce), context(i));
+      attestationTrips += tableProxy.count() - during;
+    }
+    const stateRequestsByKind = Object.fromEntries(
+      Object.entries(tableProxy.byKind()).map(([kind, n]) => [kind, n / sampled]),
+    );
+
+    // The timed rounds go to Azurite directly, so the proxy's hop is not in the figures.
+    process.env["SHIELD_STATE_CONNECTION"] = azurite.connectionString;
+    await resetComposition();
+    for (let i = 0; i < 3; i++) await attestOnce(i, "rewarm");
+
+    if (latencyMs > 0) {
+      stack.maa.faults.inject("attestSevSnpVm", { kind: "latency", ms: latencyMs });
+      stack.keyVault.faults.inject("release", { kind: "latency", ms: latencyMs });
+      stack.keyVault.faults.inject("sign", { kind: "latency", ms: latencyMs });
+    }
+
     const maa = createMaaClient({ instanceUrl: stack.maa.url });
     const envelope = buildMaaSnpEnvelope({ report: good, vcek: platform.leafPem, chain: platform.chainPem });
     const bareMaa = () =>
@@ -218,17 +332,25 @@ export async function benchAttest(
       signaturesPerAttestation,
       bareSignsPerSecond: median(signs),
       verifiesPerSecond: median(verifies),
+      latencyMs,
+      stateRoundTrips: (challengeTrips + attestationTrips) / sampled,
+      stateRoundTripsByPhase: {
+        challenge: challengeTrips / sampled,
+        attestation: attestationTrips / sampled,
+      },
+      stateRequestsByKind,
     };
   } finally {
     await resetComposition();
     await stack.close();
+    await tableProxy.close();
     await azurite.stop();
   }
 }
 
 export function formatAttestBench(r: AttestBenchResult): string {
   return [
-    `attest function, one process, local MAA + Key Vault servers + Azurite (${r.concurrency} in flight, ${r.keysPerRequest} keys per request)`,
+    `attest function, one process, local MAA + Key Vault servers + Azurite (${r.concurrency} in flight, ${r.keysPerRequest} keys per request, ${r.latencyMs} ms injected MAA / Key Vault latency)`,
     `  attestations handled (evidence → token → appraisal → ${r.keysPerRequest} releases → state → result)  ${r.attestationsPerSecond.toFixed(1).padStart(7)} /s`,
     `  bare MAA attest call alone (HTTP to the local attestation server)                  ${r.bareMaaCallsPerSecond.toFixed(1).padStart(7)} /s`,
     `  ratio ${((r.attestationsPerSecond / r.bareMaaCallsPerSecond) * 100).toFixed(1)}% of the bare attestation rate`,
@@ -238,5 +360,10 @@ export function formatAttestBench(r: AttestBenchResult): string {
     `  bare Key Vault sign call (SDK → local server)                                      ${r.bareSignsPerSecond.toFixed(1).padStart(7)} /s`,
     `  agent: verify one signed control message (RS256, pinned key)                        ${r.verifiesPerSecond.toFixed(1).padStart(7)} /s`,
     `  signing share of one attestation: ${(((2 * r.attestationsPerSecond) / r.bareSignsPerSecond) * 100).toFixed(1)}% of its time (2 signs at the bare rate)`,
+    `state store (Table Storage HTTP requests, counted at a proxy in front of Azurite)`,
+    `  per attestation: ${r.stateRoundTrips.toFixed(1)} (challenge request ${r.stateRoundTripsByPhase.challenge.toFixed(1)}, attestation request ${r.stateRoundTripsByPhase.attestation.toFixed(1)})`,
+    `  by kind: ${Object.entries(r.stateRequestsByKind)
+      .map(([k, n]) => `${k} ${n.toFixed(1)}`)
+      .join(", ")}`,
   ].join("\n");
 }

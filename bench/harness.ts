@@ -91,3 +91,71 @@ export function formatComparison(c: Comparison): string {
     `  ratio ${(c.ratio * 100).toFixed(1)}% of baseline (median of ${c.rounds} paired, alternating rounds)`,
   ].join("\n");
 }
+
+/**
+ * One figure of `npm run bench -- --json`: a value beside the reference it is held against,
+ * measured in the same run, and the target for their ratio (value ÷ reference). A `null` target
+ * ratio means the issue sets none: the figure is reported, not judged.
+ */
+export interface BenchResult {
+  readonly name: string;
+  readonly value: number;
+  readonly unit: string;
+  readonly reference: { readonly name: string; readonly value: number };
+  readonly ratio: number;
+  readonly target: { readonly ratio: number | null; readonly better: "higher" | "lower" };
+}
+
+export function benchResult(
+  name: string,
+  value: { value: number; unit: string },
+  reference: { name: string; value: number },
+  target: { ratio: number | null; better: "higher" | "lower" },
+  ratio: number = reference.value === 0
+    ? value.value === 0
+      ? 1
+      : Number.POSITIVE_INFINITY
+    : value.value / reference.value,
+): BenchResult {
+  return { name, value: value.value, unit: value.unit, reference, ratio, target };
+}
+
+/** A side-by-side comparison as a result: subject ops/s against the baseline's. */
+export function comparisonResult(
+  c: Comparison,
+  target: { ratio: number | null; better: "higher" | "lower" } = { ratio: null, better: "higher" },
+): BenchResult {
+  return benchResult(
+    `${c.name}: ${c.subject}`,
+    { value: c.subjectOpsPerSec, unit: "ops/s" },
+    { name: c.baseline, value: c.baselineOpsPerSec },
+    target,
+    c.ratio,
+  );
+}
+
+/** Whether a result meets its target (true when it has none). */
+export function meetsTarget(r: BenchResult): boolean {
+  if (r.target.ratio === null) return true;
+  return r.target.better === "higher" ? r.ratio >= r.target.ratio : r.ratio <= r.target.ratio;
+}
+
+export function formatResults(results: readonly BenchResult[]): string {
+  const num = (n: number) =>
+    Math.abs(n) >= 100 ? n.toFixed(0) : Math.abs(n) >= 10 ? n.toFixed(1) : n.toFixed(2);
+  const rows = results.map((r) => [
+    r.name,
+    `${num(r.value)} ${r.unit}`,
+    `${r.reference.name}: ${num(r.reference.value)}`,
+    r.ratio.toFixed(2),
+    r.target.ratio === null ? "-" : `${r.target.better === "higher" ? "≥" : "≤"} ${r.target.ratio}`,
+    r.target.ratio === null ? "" : meetsTarget(r) ? "met" : "MISSED",
+  ]);
+  const header = ["figure", "value", "reference", "ratio", "target", ""];
+  const widths = header.map((h, i) => Math.min(70, Math.max(h.length, ...rows.map((row) => row[i]!.length))));
+  const line = (cells: readonly string[]) =>
+    cells
+      .map((c, i) => (c.length > widths[i]! ? `${c.slice(0, widths[i]! - 1)}…` : c.padEnd(widths[i]!)))
+      .join("  ");
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}

@@ -11,8 +11,7 @@
  */
 import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from "@azure/functions";
 import { isShieldError } from "../core/errors.js";
-import { IDENTIFIER_PATTERN } from "../core/messages/fields.js";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger } from "./composition/invocation.js";
 import { json, operatorOf, requestIdOf } from "./composition/operator.js";
 
@@ -22,6 +21,8 @@ async function act(
   context: InvocationContext,
 ): Promise<HttpResponseInit> {
   const agentId = request.params["agentId"] ?? "";
+  // Loaded here, not at import: the message schemas are not needed to register the function.
+  const { IDENTIFIER_PATTERN } = await import("../core/messages/fields.js");
   if (!IDENTIFIER_PATTERN.test(agentId)) {
     return json(400, { error: { code: "ERR_INPUT_MALFORMED", message: "agentId is not a valid agent id" } });
   }

@@ -7,7 +7,7 @@
  * preview SDK bindings), and the error names the reason.
  */
 import { app, type InvocationContext } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger, serviceBusDelivery, settle } from "./composition/invocation.js";
 
 export const attestTrigger = {

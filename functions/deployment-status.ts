@@ -4,7 +4,7 @@
  * Behind a function key; it shows measurements and key versions, never secrets.
  */
 import { app, type HttpRequest, type HttpResponseInit } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 
 export async function getDeployment(request: HttpRequest): Promise<HttpResponseInit> {
   const { rollout } = await composition();

@@ -13,7 +13,7 @@ import {
   type HttpResponseInit,
   type InvocationContext,
 } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { readHttpRequest } from "./composition/http.js";
 
 export const policyUpdatesOutput = output.serviceBusQueue({

@@ -13,8 +13,7 @@
  */
 import { app, type HttpRequest, type HttpResponseInit, type InvocationContext } from "@azure/functions";
 import { isShieldError } from "../core/errors.js";
-import { MAX_EVENT_BATCH_BYTES } from "../core/lifecycle/keyvault-events.js";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger } from "./composition/invocation.js";
 
 export async function keyVaultEvent(event: unknown, context: InvocationContext): Promise<void> {
@@ -36,6 +35,8 @@ export async function keyVaultEventsWebhook(
     return { status: 200, headers: { "WebHook-Allowed-Origin": origin, "WebHook-Allowed-Rate": "120" } };
   }
   const declared = Number(request.headers.get("content-length") ?? "0");
+  // Loaded here, not at import: the event schemas are not needed to register the function.
+  const { MAX_EVENT_BATCH_BYTES } = await import("../core/lifecycle/keyvault-events.js");
   if (Number.isFinite(declared) && declared > MAX_EVENT_BATCH_BYTES) {
     return json(413, { error: { code: "ERR_INPUT_TOO_LARGE", message: "the event batch is too large" } });
   }

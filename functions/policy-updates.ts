@@ -8,14 +8,15 @@
  */
 import { app, type InvocationContext } from "@azure/functions";
 import { ShieldError, isShieldError } from "../core/errors.js";
-import { parsePolicyUpdate } from "../core/messages/index.js";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger, serviceBusDelivery } from "./composition/invocation.js";
 
 export const POLICY_UPDATE_MAX_BYTES = 64 * 1024;
 
 export async function policyUpdates(message: unknown, context: InvocationContext): Promise<void> {
   const log = contextLogger(context);
+  // Loaded here, not at import: the message schemas are not needed to register the function.
+  const { parsePolicyUpdate } = await import("../core/messages/index.js");
   let update;
   try {
     update = parsePolicyUpdate(message, { maxBytes: POLICY_UPDATE_MAX_BYTES });

@@ -5,7 +5,7 @@
  * budget leaves the rest to the next tick, so after downtime (`isPastDue`) the work spreads out.
  */
 import { app, type InvocationContext, type Timer } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger } from "./composition/invocation.js";
 import { DEFAULT_REATTEST_SCHEDULE, scheduleSetting } from "./composition/schedules.js";
 

@@ -5,7 +5,7 @@
  * attestation with ERR_MEASUREMENT_RETIRED.
  */
 import { app, type InvocationContext, type Timer } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger } from "./composition/invocation.js";
 
 export async function retirement(_timer: Timer, context: InvocationContext): Promise<void> {

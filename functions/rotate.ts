@@ -5,7 +5,7 @@
  * a final transient failure is recorded and then thrown so Service Bus dead-letters it.
  */
 import { app, type InvocationContext } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger, serviceBusDelivery, settle } from "./composition/invocation.js";
 
 export const rotateTrigger = {

@@ -5,7 +5,7 @@
  * versions past their retirement once every trusted holder has a newer one.
  */
 import { app, type InvocationContext, type Timer } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 import { contextLogger } from "./composition/invocation.js";
 import { DEFAULT_ROTATION_SCHEDULE, scheduleSetting } from "./composition/schedules.js";
 

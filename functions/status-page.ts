@@ -6,7 +6,7 @@
  */
 import { app, type HttpResponseInit } from "@azure/functions";
 import { renderStatusPage, STATUS_PAGE_CSP } from "../core/status/page.js";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 
 export async function statusPage(): Promise<HttpResponseInit> {
   const { rollout } = await composition();

@@ -5,7 +5,7 @@
  * versions and error codes, never a token, a secret or key material.
  */
 import { app, type HttpResponseInit } from "@azure/functions";
-import { composition } from "./composition/root.js";
+import { composition } from "./composition/lazy.js";
 
 export async function status(): Promise<HttpResponseInit> {
   const { rollout } = await composition();

@@ -123,7 +123,7 @@ export async function buildRolloutHandlers(
     },
     rejectPolicyUpdate: async (error, messageId) => {
       await retrying(ports.state, ROLLOUT_RETRY).appendAudit(INTAKE_AUDIT_PARTITION, {
-        at: systemClock.now(),
+        at: clock.now(),
         kind: "message-rejected",
         subject: "policy-update",
         details: {
