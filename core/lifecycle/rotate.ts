@@ -375,9 +375,9 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
   }
 
   /**
-   * makeRight, then again while the managed policy changed meanwhile: a deployment's policy
-   * update (core/rollout) edits the managed policy under its own lease, which rotation does not
-   * take; it then edits every version it finds, this one included if it was made by then.
+   * makeRight, then again while the managed policy changed meanwhile. Rollouts take the same
+   * per-key lease (key-lock.ts), so this matters only when that lease expired under a slow
+   * rotation and a policy update ran meanwhile: a second line of defence, not the serialisation.
    */
   async function makeRightWithLatest(
     keyName: string,
