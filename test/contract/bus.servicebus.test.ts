@@ -105,6 +105,37 @@ describe("Service Bus specifics", () => {
     await sessionA.close();
   });
 
+  it("takes a batch (sendMessages with an array) whole: every message stored, in order, sessions kept", async () => {
+    const names = queues();
+    const client = track(testClient(endpoint));
+    const plain = client.createSender(names.requestsQueue);
+    await plain.sendMessages([{ body: "one" }, { body: "two", messageId: "m-2" }, { body: "three" }]);
+    const receiver = client.createReceiver(names.requestsQueue, { receiveMode: "receiveAndDelete" });
+    const got = await receiver.receiveMessages(10, { maxWaitTimeInMs: 1_000 });
+    expect(got.map((m): unknown => m.body)).toEqual(["one", "two", "three"]);
+    expect(got[1]!.messageId).toBe("m-2");
+    expect(got.map((m) => String(m.sequenceNumber))).toEqual(["1", "2", "3"]);
+    const sessions = client.createSender(names.resultsQueue);
+    const batch = await sessions.createMessageBatch();
+    for (const body of ["a1", "a2"]) expect(batch.tryAddMessage({ body, sessionId: "agent-a" })).toBe(true);
+    await sessions.sendMessages(batch);
+    const session = await client.acceptSession(names.resultsQueue, "agent-a", {
+      receiveMode: "receiveAndDelete",
+    });
+    expect((await session.receiveMessages(10, { maxWaitTimeInMs: 1_000 })).map((m): unknown => m.body)).toEqual([
+      "a1",
+      "a2",
+    ]);
+    // One message without a session id refuses the whole batch: nothing of it is stored.
+    await expect(
+      sessions.sendMessages([{ body: "b1", sessionId: "agent-b" }, { body: "b2" }]),
+    ).rejects.toThrow(/SessionId was not set/);
+    const other = await client.acceptSession(names.resultsQueue, "agent-b", {
+      receiveMode: "receiveAndDelete",
+    });
+    expect(await other.receiveMessages(10, { maxWaitTimeInMs: 500 })).toEqual([]);
+  });
+
   it("counts deliveries in the AMQP header: 0 first, one more after each abandon", async () => {
     const names = queues();
     const bus = localBus(names);

@@ -428,23 +428,51 @@ export async function startLocalServiceBus(options: LocalServiceBusOptions): Pro
     }
     try {
       authorize(context.connection, role.queue.name, "Send");
-      // Service Bus gives a message the sender sent without an id one of its own.
-      message.message_id ??= randomUUID().replaceAll("-", "");
-      const encoded = rhea.message.encode(message);
-      if (encoded.length > maxMessageBytes) {
+      const format = (context as EventContext & { format?: number }).format ?? 0;
+      // A batch (the SDK's `sendMessages([...])` and `createMessageBatch`) arrives as one
+      // envelope in message format 0x80013700 whose data sections are the encoded messages;
+      // Service Bus takes it whole or not at all. rhea hands such a delivery over undecoded.
+      let messages: Message[];
+      let size: number;
+      if (format === BATCH_MESSAGE_FORMAT) {
+        const raw = message as unknown as Buffer;
+        size = raw.length;
+        messages = unbatch(raw);
+      } else if (format === 0) {
+        messages = [message];
+        size = -1;
+      } else {
+        throw new BrokerError("amqp:not-implemented", `Message format ${format} is not supported.`);
+      }
+      const prepared = messages.map((each) => {
+        // Service Bus gives a message the sender sent without an id one of its own.
+        each.message_id ??= randomUUID().replaceAll("-", "");
+        const encoded = rhea.message.encode(each);
+        return { each, encoded };
+      });
+      const total = size >= 0 ? size : prepared[0]!.encoded.length;
+      if (total > maxMessageBytes) {
         throw new BrokerError(
           "amqp:link:message-size-exceeded",
-          `The received message (size: ${encoded.length} bytes) exceeds the limit (${maxMessageBytes} bytes) currently allowed on the link.`,
+          `The received message (size: ${total} bytes) exceeds the limit (${maxMessageBytes} bytes) currently allowed on the link.`,
         );
       }
-      const stored = role.queue.enqueue({
+      const inputs = prepared.map(({ each, encoded }) => ({
         encoded,
-        sessionId: typeof message.group_id === "string" ? message.group_id : undefined,
-        messageId: typeof message.message_id === "string" ? message.message_id : undefined,
-        timeToLiveMs: typeof message.ttl === "number" ? message.ttl : undefined,
-      });
+        sessionId: typeof each.group_id === "string" ? each.group_id : undefined,
+        messageId: typeof each.message_id === "string" ? each.message_id : undefined,
+        timeToLiveMs: typeof each.ttl === "number" ? each.ttl : undefined,
+      }));
+      // Checked for every message before any is stored, so a refused batch leaves nothing.
+      if (role.queue.requiresSession) {
+        const missing = inputs.find((input) => input.sessionId === undefined || input.sessionId === "");
+        if (missing !== undefined) role.queue.enqueue(missing);
+      }
+      for (const input of inputs) {
+        const stored = role.queue.enqueue(input);
+        log("debug", "message enqueued", { queue: role.queue.name, sequenceNumber: stored.sequenceNumber });
+      }
       delivery.accept();
-      log("debug", "message enqueued", { queue: role.queue.name, sequenceNumber: stored.sequenceNumber });
     } catch (error) {
       if (!(error instanceof BrokerError)) throw error;
       delivery.reject({ condition: error.condition, description: error.message });
@@ -791,4 +819,31 @@ function ticks(epochMs: number): Buffer {
   const buffer = Buffer.alloc(8);
   buffer.writeBigInt64BE(BigInt(epochMs) * 10_000n + EPOCH_TICKS);
   return buffer;
+}
+
+/** The AMQP message format of a Service Bus batch (Microsoft's vendor code 0x8001, 0x37). */
+const BATCH_MESSAGE_FORMAT = 0x80013700;
+
+/** The messages of a batch envelope: one encoded message per data section. */
+function unbatch(raw: Buffer): Message[] {
+  let envelope: Message;
+  try {
+    envelope = rhea.message.decode(raw) as unknown as Message;
+  } catch {
+    throw new BrokerError("amqp:decode-error", "The batch could not be decoded.");
+  }
+  const body = envelope.body as { typecode?: number; content?: unknown; multiple?: boolean } | undefined;
+  if (body?.typecode !== 0x75) {
+    throw new BrokerError("amqp:decode-error", "A batch must carry its messages as data sections.");
+  }
+  const sections = (body.multiple === true ? body.content : [body.content]) as unknown[];
+  return sections.map((section) => {
+    if (!Buffer.isBuffer(section))
+      throw new BrokerError("amqp:decode-error", "A batch section is not binary.");
+    try {
+      return rhea.message.decode(section) as unknown as Message;
+    } catch {
+      throw new BrokerError("amqp:decode-error", "A message in the batch could not be decoded.");
+    }
+  });
 }
