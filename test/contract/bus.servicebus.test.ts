@@ -122,10 +122,9 @@ describe("Service Bus specifics", () => {
     const session = await client.acceptSession(names.resultsQueue, "agent-a", {
       receiveMode: "receiveAndDelete",
     });
-    expect((await session.receiveMessages(10, { maxWaitTimeInMs: 1_000 })).map((m): unknown => m.body)).toEqual([
-      "a1",
-      "a2",
-    ]);
+    expect(
+      (await session.receiveMessages(10, { maxWaitTimeInMs: 1_000 })).map((m): unknown => m.body),
+    ).toEqual(["a1", "a2"]);
     // One message without a session id refuses the whole batch: nothing of it is stored.
     await expect(
       sessions.sendMessages([{ body: "b1", sessionId: "agent-b" }, { body: "b2" }]),
