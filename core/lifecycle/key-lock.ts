@@ -53,14 +53,25 @@ export async function lockKeyWaiting(
   keyName: string,
   wait: KeyLockWait,
 ): Promise<RequestLease | undefined> {
+  return pollWithBackoff(() => tryLockKey(state, keyName, wait.clock.now(), wait.leaseMs), wait);
+}
+
+/**
+ * Calls `attempt` until it gives a value, backing off 25 ms doubling to 1 s (plus jitter)
+ * between calls; undefined once `waitMs` has passed. Time waited is counted both on the clock
+ * and as the sum of the sleeps, so a clock that stands still (a test's) cannot make this wait
+ * forever.
+ */
+export async function pollWithBackoff<T>(
+  attempt: () => Promise<T | undefined>,
+  wait: Omit<KeyLockWait, "leaseMs">,
+): Promise<T | undefined> {
   const started = wait.clock.now().getTime();
   let delay = 25;
-  // Time waited is counted both on the clock and as the sum of the sleeps, so a clock that
-  // stands still (a test's) cannot make this wait forever.
   let slept = 0;
   for (;;) {
-    const lease = await tryLockKey(state, keyName, wait.clock.now(), wait.leaseMs);
-    if (lease !== undefined) return lease;
+    const value = await attempt();
+    if (value !== undefined) return value;
     if (Math.max(wait.clock.now().getTime() - started, slept) >= wait.waitMs) return undefined;
     const pause = delay + Math.floor(wait.jitter() / 4);
     await wait.sleep(pause);

@@ -52,7 +52,7 @@ import {
 import type { Settlement } from "../attest/attest.js";
 import type { KeyLifecycles } from "./keys.js";
 import { keyAuditPartition } from "./revoke.js";
-import { defaultSleep, lockKeyWaiting, unlockKey } from "./key-lock.js";
+import { defaultSleep, lockKeyWaiting, pollWithBackoff, unlockKey } from "./key-lock.js";
 import { noMetrics, type ShieldMetrics } from "../ports/metrics.js";
 
 export interface RotationPorts {
@@ -219,17 +219,16 @@ export function createRotation(ports: RotationPorts, config: RotationConfig) {
         { at, leaseUntil: new Date(at.getTime() + leaseMs) },
       );
     };
-    let claim = await claimOnce();
-    let delay = 25;
-    let waited = 0;
-    while (claim.state === "in-progress" && waited < lockWaitMs) {
-      const pause = delay + Math.floor(randomBytes(1)[0]! / 4);
-      await sleep(pause);
-      waited += pause;
-      delay = Math.min(delay * 2, 1_000);
-      claim = await claimOnce();
-    }
-    return claim;
+    let last = await claimOnce();
+    if (last.state !== "in-progress") return last;
+    const settled = await pollWithBackoff(
+      async () => {
+        last = await claimOnce();
+        return last.state === "in-progress" ? undefined : last;
+      },
+      { clock, waitMs: lockWaitMs, sleep, jitter: () => randomBytes(1)[0]! },
+    );
+    return settled ?? last;
   }
 
   async function lockKey(keyName: string): Promise<RequestLease> {
