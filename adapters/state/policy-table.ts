@@ -14,6 +14,7 @@
  * it changed). A lease or a remembered delivery that has expired is taken over by an
  * ETag-conditional replace, so two takers of one expired row cannot both win.
  */
+import { randomUUID } from "node:crypto";
 import { RestError, odata, type TableClient, type TableEntityResult } from "@azure/data-tables";
 import { ShieldError, type ShieldErrorCode } from "../../core/errors.js";
 import type {
@@ -121,25 +122,30 @@ export function tablePolicyStateStore(client: TableClient): PolicyStateStore {
     at: Date,
     mayTakeOver: (entity: Entity) => boolean,
   ): Promise<boolean> {
+    // Marks this call's write: a create the SDK sent again because its answer was lost finds
+    // the row the first try made, and must not take it for someone else's (a false replay).
+    const claimToken = randomUUID();
     try {
-      await client.createEntity({ partitionKey, rowKey, ...fields });
+      await client.createEntity({ partitionKey, rowKey, ...fields, claimToken });
       return true;
     } catch (error) {
       if (statusOf(error) !== 409) throw tableError("claim", error);
     }
     const current = await get(partitionKey, rowKey);
     if (current === undefined) return false; // deleted meanwhile: the caller may try again
+    if (current["claimToken"] === claimToken) return true;
     const until = current["until"];
     const expired = until instanceof Date ? until.getTime() <= at.getTime() : true;
     if (!expired && !mayTakeOver(current)) return false;
     try {
-      await client.updateEntity({ partitionKey, rowKey, ...fields }, "Replace", {
+      await client.updateEntity({ partitionKey, rowKey, ...fields, claimToken }, "Replace", {
         etag: requireEtag(current.etag),
       });
       return true;
     } catch (error) {
       const status = statusOf(error);
-      if (status === 412 || status === 404) return false;
+      if (status === 412 || status === 404)
+        return (await get(partitionKey, rowKey))?.["claimToken"] === claimToken;
       throw tableError("claim", error);
     }
   }

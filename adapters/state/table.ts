@@ -65,7 +65,7 @@ import {
 } from "../../core/state/records.js";
 import { agentSchedule } from "../../core/state/agents.js";
 import { parseReleasePolicy, serializeReleasePolicy } from "../../core/policy/index.js";
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import {
   STATE_LIMITS,
   type AgentDueKind,
@@ -376,6 +376,10 @@ export class TableStateStore implements StateStore {
     checkRequestKey(key);
     checkClaimOptions(options);
     const partitionKey = `requests~${key.scope}`;
+    // Marks this call's own writes: when the answer to a write is lost and the SDK sends it
+    // again, the second try meets the row the first one made (409 / 412) and must know it as
+    // its own claim, not as another invocation's (which would hold the request for a lease).
+    const claimToken = randomUUID();
     for (let attempt = 0; attempt < CLAIM_ATTEMPTS; attempt += 1) {
       const existing = await this.#get(partitionKey, key.requestId);
       if (existing === undefined) {
@@ -385,6 +389,7 @@ export class TableStateStore implements StateStore {
           recordType: "request",
           attempt: 1,
           claimedAt: options.at,
+          claimToken,
         };
         try {
           const response = await this.#client.createEntity({ ...row, leaseUntil: options.leaseUntil });
@@ -404,6 +409,9 @@ export class TableStateStore implements StateStore {
       }
       const leaseUntil = readDate(existing, "leaseUntil");
       const previousAttempt = readNumber(existing, "attempt");
+      if (existing["claimToken"] === claimToken) {
+        return newLease(key, requireEtag(existing.etag), previousAttempt, leaseUntil);
+      }
       if (leaseUntil.getTime() > options.at.getTime()) {
         return { state: "in-progress", leaseUntil, attempt: previousAttempt };
       }
@@ -417,6 +425,7 @@ export class TableStateStore implements StateStore {
             attempt: next,
             claimedAt: options.at,
             leaseUntil: options.leaseUntil,
+            claimToken,
           },
           "Replace",
           { etag: existing.etag },
@@ -478,18 +487,23 @@ export class TableStateStore implements StateStore {
     options: { at: Date; expiresAt: Date },
   ): Promise<NonceUse> {
     checkNonce(scope, nonce, options);
+    // As for claims: a create sent twice because its answer was lost finds its own row.
+    const useToken = randomUUID();
+    const partitionKey = `nonces~${scope}`;
     try {
       await this.#client.createEntity({
-        partitionKey: `nonces~${scope}`,
+        partitionKey,
         rowKey: nonce,
         recordType: "nonce",
         usedAt: options.at,
         expiresAt: options.expiresAt,
+        useToken,
       });
       return "consumed";
     } catch (error) {
-      if (statusOf(error) === 409) return "replayed";
-      throw tableError("consume nonce", error);
+      if (statusOf(error) !== 409) throw tableError("consume nonce", error);
+      const existing = await this.#get(partitionKey, nonce);
+      return existing?.["useToken"] === useToken ? "consumed" : "replayed";
     }
   }
 

@@ -97,8 +97,20 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
     let issued: IssuedChallenge | undefined;
     /** What the message says: the stored challenge's reason (an owed re-attestation stays one). */
     let sentReason = reason;
+    /** What this call wrote: a write whose answer was lost is refused as a conflict when sent again. */
+    let written: IssuedChallenge | undefined;
     await changeAgent(state, agent.agentId, (current: AgentRecord | undefined) => {
       const open = current?.challenge;
+      if (
+        written !== undefined &&
+        open?.nonce === written.nonce &&
+        open.answeredBy === undefined &&
+        open.sentAt?.getTime() === now.getTime()
+      ) {
+        // This call's own write landed: it is sent, not taken for one "sent moments ago".
+        issued = written;
+        return undefined;
+      }
       if (open?.answeredBy !== undefined && open.deadline.getTime() > now.getTime()) {
         issued = { nonce: open.nonce, deadline: open.deadline, reused: true, suppressed: true };
         return undefined;
@@ -120,6 +132,7 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
           return undefined;
         }
         issued = { nonce: reused.nonce, deadline: reused.deadline, reused: true };
+        written = issued;
         sentReason = upgrade ? reason : (reused.reason ?? reason);
         const { etag: _etag, ...rest } = current;
         return {
@@ -136,6 +149,7 @@ export function createChallengeIssuer(ports: ChallengePorts, config: ChallengeCo
         sentAt: now,
       };
       issued = { nonce: challenge.nonce, deadline: challenge.deadline, reused: false };
+      written = issued;
       sentReason = challenge.reason ?? reason;
       if (current === undefined) {
         return {

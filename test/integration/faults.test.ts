@@ -281,15 +281,27 @@ describe("storage faults (Azurite's Table endpoint behind the proxy)", () => {
     const made = Array.from({ length: 6 }, () => agent());
     const before = vault();
     const cutBefore = proxy.stats().cut;
-    const runs = made.map((a) => a.attest({ timeoutMs: 60_000 }));
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    await proxy.restart(600);
+    // The first challenge to arrive restarts storage: the other agents' requests are in flight
+    // then, and the connection that wrote that challenge is open (kept alive) and cut.
+    let restarted: Promise<void> | undefined;
+    const runs = made.map((a) =>
+      a.attest({
+        timeoutMs: 60_000,
+        afterChallenge: () => {
+          restarted ??= proxy.restart(600);
+        },
+      }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await restarted;
     await new Promise((resolve) => setTimeout(resolve, 300));
     proxy.resetAll();
     const rounds = await Promise.all(runs);
     expect(proxy.stats().cut).toBeGreaterThan(cutBefore);
     for (const [i, { result }] of rounds.entries()) {
-      expect(result.verdict).toBe("trusted");
+      expect(result.verdict, result.verdict === "trusted" ? "" : JSON.stringify(result.denial)).toBe(
+        "trusted",
+      );
       const record = await state.getAttestation(made[i]!.agentId, result.requestId);
       expect(record?.verdict).toBe("trusted");
       const holdings = await state.listHoldingsByAgent(made[i]!.agentId);

@@ -255,6 +255,22 @@ describe("challenges: every release answers a fresh nonce issued to that agent",
     expect(second).not.toBe(first);
   });
 
+  it("sends the challenge whose write landed though its answer was lost (the resent write met it as a conflict)", async () => {
+    const handle = handler();
+    // The table store's view of a create sent twice: the first landed, the second got a 409.
+    const create = state.createAgent.bind(state);
+    let lost = 0;
+    state.createAgent = async (agent) => {
+      const written = await create(agent);
+      if (lost++ === 0)
+        throw new ShieldError("ERR_CONFLICT", `agent ${agent.agentId} was changed concurrently`);
+      return written;
+    };
+    const nonceSent = await challengeFor(handle, "agent-lost-answer");
+    expect(lost).toBe(1);
+    expect((await state.getAgent("agent-lost-answer"))?.challenge?.nonce).toBe(nonceSent);
+  });
+
   it("marks a challenge-request's answer as requested, and sends none while the open one is being answered", async () => {
     const handle = handler();
     await handle(
