@@ -85,7 +85,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
 
   // In-memory persistence writes nothing; the folder only gives the metadata paths a home.
   const inMemory = options.location === undefined;
-  const location = inMemory ? await mkdtemp(join(tmpdir(), "shield-azurite-")) : options.location!;
+  const location = inMemory ? await mkdtemp(join(tmpdir(), "shield-azurite-")) : options.location;
   if (!inMemory) await mkdir(location, { recursive: true, mode: 0o700 });
   const portFor = async (service: "table" | "queue"): Promise<number> => {
     const wanted = options.ports?.[service];

@@ -806,7 +806,7 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
       throw new ShieldError("ERR_CONFIG", "the storage belongs to another vault or format");
     }
     try {
-      open(vault.check as unknown as Sealed, vaultCheckAad);
+      open(vault.check, vaultCheckAad);
     } catch {
       throw new ShieldError("ERR_CONFIG", "the master key does not open this vault's storage");
     }
