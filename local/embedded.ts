@@ -25,6 +25,7 @@ import { createKeyVaultKeyStore } from "../adapters/keyvault/key-store.js";
 import { createStorageQueueBus } from "../adapters/storage-queue/bus.js";
 import { createSimulatedSnpPlatform, exportSimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
 import { renderReleasePolicy, serializeReleasePolicy } from "../core/policy/index.js";
+import { ShieldError } from "../core/errors.js";
 import type { Logger } from "../core/ports/logger.js";
 import { composition, resetComposition } from "../functions/composition/root.js";
 import { main as agentMain } from "../agent/main.js";
@@ -260,6 +261,8 @@ export interface LocalRunOptions {
   readonly agents?: number;
   readonly print?: (line: string) => void;
   readonly verbose?: boolean;
+  /** Keep the state in this directory between runs (`--state DIR`; see local/state.ts). */
+  readonly stateDir?: string;
 }
 
 export interface LocalRun {
@@ -282,6 +285,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRun>
   const system = await startSystem({
     bus: options.bus ?? "storage-queue",
     ...(options.scenario === "demo" ? { settings: DEMO_SETTINGS } : {}),
+    ...(options.stateDir === undefined ? {} : { stateDir: options.stateDir, notice: say }),
     logger: (level, message, fields) => {
       forward.feed?.logger(level, message, fields);
       if (options.verbose === true || level === "error")
@@ -299,6 +303,7 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRun>
       ...new Set([...system.agents.keys(), "snp-agent-1", "sgx-agent-1", "agent-evil", "snp-agent-2"]),
     ],
     print: say,
+    fromNow: system.stateDir?.resumed === true,
   });
   forward.feed = feed;
   const stop = async () => {
@@ -309,6 +314,12 @@ export async function runLocal(options: LocalRunOptions = {}): Promise<LocalRun>
     say(
       `Shield on one machine (bus: ${system.bus}): Azurite, local MAA ${system.stack.maa.url}, local Key Vault ${system.stack.keyVault.url}`,
     );
+    if (system.stateDir !== undefined) {
+      say(
+        `state: ${system.stateDir.directory} (${system.stateDir.resumed ? "resumed from the last run" : "new"}; Azurite tables ${system.azurite.tableEndpoint})`,
+      );
+      await feed.poll();
+    }
     for (const f of system.host.functions) say(`  function ${f.name}: ${f.trigger} ${f.detail}`);
     say(`status page: ${system.statusPageUrl}`);
     if (options.scenario === "demo") {
@@ -362,6 +373,16 @@ if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
   const scenario = flagValue("--scenario");
   const bus = flagValue("--bus");
   const agents = flagValue("--agents");
+  const stateDir = flagValue("--state");
+  if (
+    stateDir !== undefined &&
+    (stateDir === "" || stateDir.startsWith("--") || once || example !== undefined)
+  ) {
+    process.stderr.write(
+      "error: --state takes a directory, and goes with npm start or --scenario (not --once or --with-example)\n",
+    );
+    process.exit(2);
+  }
   if (scenario !== undefined && scenario !== "demo") {
     process.stderr.write("error: --scenario takes demo\n");
     process.exit(2);
@@ -381,6 +402,7 @@ if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
       ...(scenario === undefined ? {} : { scenario: "demo" as const, exit: exitAfter }),
       ...(bus === undefined ? {} : { bus: bus }),
       ...(agents === undefined ? {} : { agents: Number(agents) }),
+      ...(stateDir === undefined ? {} : { stateDir }),
     }).then(
       async (run) => {
         if (run.result !== undefined && exitAfter) {
@@ -398,7 +420,8 @@ if (entry !== undefined && /local[\\/]embedded\.(ts|js)$/.test(entry)) {
         setInterval(() => undefined, 1 << 30);
       },
       (error: unknown) => {
-        process.stderr.write(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+        const code = error instanceof ShieldError ? `${error.code}: ` : "";
+        process.stderr.write(`error: ${code}${error instanceof Error ? error.message : String(error)}\n`);
         process.exit(1);
       },
     );

@@ -29,8 +29,12 @@ export function startEventFeed(options: {
   readonly agentIds: () => readonly string[];
   readonly print: (line: string) => void;
   readonly pollMs?: number;
+  /** Print only what happens from now on (a resumed state's history stays unprinted). */
+  readonly fromNow?: boolean;
 }): EventFeed {
   const next = new Map<string, number>();
+  // Partitions whose history is skipped when they are first read.
+  const seen = new Set<string>();
   const ordinals = new Map<string, number>();
   const ordinal = async (keyName: string, version: unknown): Promise<string> => {
     if (typeof version !== "string") return "?";
@@ -76,8 +80,11 @@ export function startEventFeed(options: {
         for (const partition of partitions) {
           const from = next.get(partition) ?? 1;
           const entries = await options.state.listAudit(partition, { fromSequence: from }).catch(() => []);
+          const history = options.fromNow === true && !seen.has(partition);
+          seen.add(partition);
           for (const entry of entries) {
             next.set(partition, entry.sequence + 1);
+            if (history) continue;
             const text = await line(partition, entry);
             if (text !== undefined) options.print(text);
           }

@@ -10,7 +10,8 @@
  * that the functions sign agent messages with (through the real SDK's `CryptographyClient`), and
  * whose public half agents pin (`controlKeys`).
  */
-import { randomBytes, type X509Certificate } from "node:crypto";
+import { randomBytes, type KeyObject, type X509Certificate } from "node:crypto";
+import type { ReleaseResponseSigner } from "../core/keywrap/index.js";
 import type { SimulatedSnpPlatform } from "../core/evidence/simulated/sevsnp.js";
 import { systemClock, type Clock } from "../core/ports/clock.js";
 import { silentLogger, type Logger } from "../core/ports/logger.js";
@@ -23,6 +24,7 @@ import {
   type LocalKeyVault,
 } from "../adapters/local/keyvault/engine.js";
 import { startLocalKeyVaultServer, type LocalKeyVaultServer } from "../adapters/local/keyvault/server.js";
+import type { LocalSecrets } from "../adapters/local/keyvault/secrets.js";
 
 /** The control-plane signing key's name in the local vault. */
 export const CONTROL_KEY_NAME = "shield-control";
@@ -46,6 +48,17 @@ export interface LocalStackOptions {
   readonly decorateMaaEngine?: (engine: LocalAttestationEngine) => LocalAttestationEngine;
   /** Directory for the local Key Vault's sealed key records; memory when absent. */
   readonly keyVaultStorage?: string;
+  /** The local Key Vault's master key (32 bytes; default a fresh one, fit only for memory). */
+  readonly keyVaultMasterKey?: Buffer;
+  /** The vault's release-response signer (default a fresh one). */
+  readonly releaseSigner?: ReleaseResponseSigner;
+  /** The vault's secrets (default an empty store in memory). */
+  readonly secrets?: LocalSecrets;
+  /** The local MAA's token signing key (default a fresh one); see `createMaaTokenIssuer`. */
+  readonly maaSigningKey?: { readonly privateKey: KeyObject; readonly certificate?: X509Certificate };
+  /** Loopback ports of the local MAA and Key Vault servers (default: any free port). */
+  readonly maaPort?: number;
+  readonly keyVaultPort?: number;
   readonly tableName?: string;
   readonly maxDeliveryCount?: number;
   readonly attestationPeriodSeconds?: number;
@@ -75,7 +88,10 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     logger,
     engine: async (url) => {
       const engine = createLocalAttestationEngine({
-        issuer: await createMaaTokenIssuer({ issuer: url }),
+        issuer: await createMaaTokenIssuer({
+          issuer: url,
+          ...(options.maaSigningKey === undefined ? {} : { signingKey: options.maaSigningKey }),
+        }),
         snpTrustedRoots: [options.platform.ark],
         sgxTrustedRoots: options.sgxTrustedRoots ?? [],
         clock: maaClock,
@@ -83,11 +99,13 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
       });
       return options.decorateMaaEngine ? options.decorateMaaEngine(engine) : engine;
     },
+    ...(options.maaPort === undefined ? {} : { port: options.maaPort }),
   });
   const vaultUrl = "https://shield-local.vault.azure.net";
   const vault = await createLocalKeyVault({
     vaultUrl,
-    masterKey: randomBytes(32),
+    masterKey: options.keyVaultMasterKey ?? randomBytes(32),
+    ...(options.releaseSigner === undefined ? {} : { releaseSigner: options.releaseSigner }),
     clock,
     tokenKeys: cachedIssuerKeys({
       clock,
@@ -99,14 +117,28 @@ export async function startLocalStack(options: LocalStackOptions): Promise<Local
     }),
     ...(options.keyVaultStorage === undefined ? {} : { storage: options.keyVaultStorage }),
     ...(options.exposeKeyMaterialForTests ? { exposeKeyMaterialForTests: true } : {}),
+  }).catch(async (error: unknown) => {
+    await maa.close();
+    throw error;
   });
-  const keyVault = await startLocalKeyVaultServer({ engine: vault, logger });
-  const control = await vault.createKey(CONTROL_KEY_NAME, {
-    kty: "RSA-HSM",
-    keySize: 2048,
-    keyOps: ["sign", "verify"],
-    exportable: false,
+  const keyVault = await startLocalKeyVaultServer({
+    engine: vault,
+    logger,
+    ...(options.secrets === undefined ? {} : { secrets: options.secrets }),
+    ...(options.keyVaultPort === undefined ? {} : { port: options.keyVaultPort }),
+  }).catch(async (error: unknown) => {
+    await maa.close();
+    throw error;
   });
+  // A vault kept from an earlier run already has the key: its current version goes on signing.
+  const control = vault.keyNames().includes(CONTROL_KEY_NAME)
+    ? await vault.getKey(CONTROL_KEY_NAME)
+    : await vault.createKey(CONTROL_KEY_NAME, {
+        kty: "RSA-HSM",
+        keySize: 2048,
+        keyOps: ["sign", "verify"],
+        exportable: false,
+      });
   // The id the functions sign under: the server's address, so the SDK can reach it.
   const controlKeyId = `${keyVault.url}/keys/${CONTROL_KEY_NAME}/${control.version}`;
   const controlKeys = {

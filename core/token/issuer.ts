@@ -6,7 +6,13 @@
  * consumes real MAA tokens can be exercised against it unchanged. Which claims a token carries is
  * the caller's business; this module knows no TEE.
  */
-import { createHash, generateKeyPair, type KeyObject, type X509Certificate } from "node:crypto";
+import {
+  createHash,
+  createPublicKey,
+  generateKeyPair,
+  type KeyObject,
+  type X509Certificate,
+} from "node:crypto";
 import { promisify } from "node:util";
 import { CompactSign } from "jose";
 import { buildCertificate } from "../x509/certificate.js";
@@ -21,6 +27,12 @@ export interface MaaTokenIssuerOptions {
   readonly lifetimeSeconds?: number;
   /** Source of `jti` values and the certificate serial number (default: the system RNG). */
   readonly random?: Random;
+  /**
+   * The signing key to use instead of a fresh one (an issuer that keeps its key across
+   * restarts); RSA of `rsaBits`. With `certificate`, that certificate is served as it is (it
+   * must hold this key's public half); without, a self-signed one is made.
+   */
+  readonly signingKey?: { readonly privateKey: KeyObject; readonly certificate?: X509Certificate };
 }
 
 export interface IssueOptions {
@@ -100,19 +112,34 @@ export async function createMaaTokenIssuer(options: MaaTokenIssuerOptions): Prom
   }
   const random = options.random ?? systemRandom;
 
-  const { publicKey, privateKey } = await generateRsaKeyPair("rsa", { modulusLength: rsaBits });
+  const given = options.signingKey;
+  if (
+    given !== undefined &&
+    (given.privateKey?.type !== "private" || given.privateKey.asymmetricKeyType !== "rsa")
+  ) {
+    throw new TypeError("signingKey.privateKey must be an RSA private key");
+  }
+  const { publicKey, privateKey } =
+    given === undefined
+      ? await generateRsaKeyPair("rsa", { modulusLength: rsaBits })
+      : { publicKey: createPublicKey(given.privateKey), privateKey: given.privateKey };
+  if (given?.certificate !== undefined && !given.certificate.publicKey.equals(publicKey)) {
+    throw new TypeError("signingKey.certificate does not hold the signing key's public half");
+  }
   const name = [["CN", issuer]] as const;
-  const certificate = buildCertificate({
-    subject: name,
-    issuer: name,
-    // A positive 63-bit serial: RFC 5280 §4.1.2.2 wants it unique and positive.
-    serialNumber: BigInt(`0x${random.bytes(8).toString("hex")}`) & 0x7fffffffffffffffn || 1n,
-    notBefore: CERT_NOT_BEFORE,
-    notAfter: CERT_NOT_AFTER,
-    publicKey,
-    signingKey: privateKey,
-    signatureAlgorithm: "rsa-sha256",
-  });
+  const certificate =
+    given?.certificate ??
+    buildCertificate({
+      subject: name,
+      issuer: name,
+      // A positive 63-bit serial: RFC 5280 §4.1.2.2 wants it unique and positive.
+      serialNumber: BigInt(`0x${random.bytes(8).toString("hex")}`) & 0x7fffffffffffffffn || 1n,
+      notBefore: CERT_NOT_BEFORE,
+      notAfter: CERT_NOT_AFTER,
+      publicKey,
+      signingKey: privateKey,
+      signatureAlgorithm: "rsa-sha256",
+    });
   const kid = createHash("sha256").update(certificate.raw).digest("base64");
   const jku = `${issuer}/certs`;
   const x5c = certificate.raw.toString("base64");

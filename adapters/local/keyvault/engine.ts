@@ -28,12 +28,15 @@ import {
   constants,
   createCipheriv,
   createDecipheriv,
+  createHmac,
   createPrivateKey,
   createPublicKey,
   privateEncrypt,
   createSecretKey,
   generateKeyPair,
+  hkdfSync,
   randomBytes,
+  timingSafeEqual,
   type KeyObject,
   type X509Certificate,
 } from "node:crypto";
@@ -99,7 +102,8 @@ const DEFAULT_ENCRYPTION: ReleaseEncryption = "CKM_RSA_AES_KEY_WRAP";
 const DEFAULT_API_VERSION = "7.6";
 const MASTER_KEY_BYTES = 32;
 const GCM_NONCE_BYTES = 12;
-const STORAGE_FORMAT = 1;
+const STORAGE_FORMAT = 2;
+const RECORD_MAC_INFO = "shield local key vault record mac";
 const VAULT_CHECK_TEXT = "shield local key vault";
 const DAY_MS = 24 * 60 * 60 * 1000;
 
@@ -366,6 +370,8 @@ interface StoredKey {
   readonly name: string;
   readonly versions: readonly StoredVersion[];
   readonly rotationPolicy?: StoredRotationPolicy;
+  /** HMAC-SHA256 of the record's JSON without this member (see `recordMac`). */
+  readonly mac: string;
 }
 
 interface StoredVault {
@@ -427,7 +433,10 @@ function directoryStorage(directory: string): RecordStorage {
       await writeAtomically(vaultFile, text);
     },
     readKeys: async () => {
-      const files = await listKeyFiles();
+      const files = await listKeyFiles().catch((error: NodeJS.ErrnoException) => {
+        if (error.code === "ENOENT") return [];
+        throw error;
+      });
       return Promise.all(files.map((file) => readFile(join(keysDirectory, file), "utf8")));
     },
     // Key names are [0-9A-Za-z-], so they are safe file names as they are.
@@ -638,7 +647,8 @@ function selectRuntimeKey(claims: Readonly<Record<string, unknown>>): RsaPublicJ
   return undefined;
 }
 
-async function generateSigner(
+/** A self-signed RSA-2048 release-response signer, as the vault makes when it is given none. */
+export async function generateReleaseSigner(
   vaultUrl: string,
   clock: Clock,
   random: Random,
@@ -700,7 +710,7 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
     options.storage === undefined || options.storage === "memory"
       ? memoryStorage()
       : directoryStorage(options.storage);
-  const signer = options.releaseSigner ?? (await generateSigner(vaultUrl, clock, random));
+  const signer = options.releaseSigner ?? (await generateReleaseSigner(vaultUrl, clock, random));
 
   const seal = (plaintext: Uint8Array, aad: string): Sealed => {
     const nonce = random.bytes(GCM_NONCE_BYTES);
@@ -736,10 +746,54 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
   const keyId = (name: string, version: string): string => `${vaultUrl}/keys/${name}/${version}`;
   const vaultCheckAad = `vault:${vaultUrl}`;
 
-  // Open or initialise the storage.
+  // Each key record carries an HMAC-SHA256 of its text under a key derived from the master key.
+  const macKey = Buffer.from(hkdfSync("sha256", masterKey, Buffer.alloc(0), RECORD_MAC_INFO, 32));
+  const recordMac = (name: string, text: string): string =>
+    createHmac("sha256", macKey).update(`${vaultUrl}/keys/${name}\n`).update(text).digest("base64");
+  const sealRecord = (record: Omit<StoredKey, "mac">): string =>
+    JSON.stringify({ ...record, mac: recordMac(record.name, JSON.stringify(record)) });
+  const parseStored = (text: string, what: string): Record<string, unknown> => {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      throw new ShieldError("ERR_CONFIG", `${what} is not JSON (damaged storage)`);
+    }
+    if (!isObject(parsed)) throw new ShieldError("ERR_CONFIG", `${what} is not a JSON object`);
+    return parsed;
+  };
+  const checkRecord = (parsed: Record<string, unknown>): StoredKey => {
+    const { mac, ...record } = parsed;
+    if (record["format"] !== STORAGE_FORMAT) {
+      throw new ShieldError("ERR_CONFIG", "a stored key record has an unknown format");
+    }
+    const name = record["name"];
+    if (typeof name !== "string" || !KEY_NAME.test(name) || typeof mac !== "string") {
+      throw new ShieldError("ERR_CONFIG", "a stored key record has no valid name or MAC");
+    }
+    const expected = Buffer.from(recordMac(name, JSON.stringify(record)), "base64");
+    const given = Buffer.from(mac, "base64");
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      throw new ShieldError(
+        "ERR_CONFIG",
+        `the stored record of key ${name} fails its MAC check (edited or damaged, or another master key)`,
+      );
+    }
+    if (!isList(record["versions"])) {
+      throw new ShieldError("ERR_CONFIG", `the stored record of key ${name} has no versions`);
+    }
+    return record as unknown as StoredKey;
+  };
+
+  // Open or initialise the storage. Every record is checked now, at open: its MAC under the
+  // master key (so no attribute, release policy or tag can be edited on disk) and every sealed
+  // key (so a moved or damaged one is found at start, not at its first release).
   const entries = new Map<string, KeyEntry>();
   const vaultText = await storage.readVault();
   if (vaultText === undefined) {
+    if ((await storage.readKeys()).length > 0) {
+      throw new ShieldError("ERR_CONFIG", "the storage holds key records but no vault record");
+    }
     const vault: StoredVault = {
       format: STORAGE_FORMAT,
       vaultUrl,
@@ -747,8 +801,8 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
     };
     await storage.writeVault(JSON.stringify(vault));
   } else {
-    const vault = JSON.parse(vaultText) as StoredVault;
-    if (vault.format !== STORAGE_FORMAT || vault.vaultUrl !== vaultUrl) {
+    const vault = parseStored(vaultText, "the vault record") as Partial<StoredVault>;
+    if (vault.format !== STORAGE_FORMAT || vault.vaultUrl !== vaultUrl || !isObject(vault.check)) {
       throw new ShieldError("ERR_CONFIG", "the storage belongs to another vault or format");
     }
     try {
@@ -757,9 +811,16 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
       throw new ShieldError("ERR_CONFIG", "the master key does not open this vault's storage");
     }
     for (const text of await storage.readKeys()) {
-      const stored = JSON.parse(text) as StoredKey;
-      if (stored.format !== STORAGE_FORMAT || !KEY_NAME.test(stored.name)) {
-        throw new ShieldError("ERR_CONFIG", "a stored key record has an unknown format");
+      const stored = checkRecord(parseStored(text, "a stored key record"));
+      for (const v of stored.versions) {
+        try {
+          open(v.sealed, keyId(stored.name, v.version)).fill(0);
+        } catch {
+          throw new ShieldError(
+            "ERR_CONFIG",
+            `a sealed version of key ${stored.name} does not open under the master key`,
+          );
+        }
       }
       entries.set(stored.name, {
         name: stored.name,
@@ -789,13 +850,13 @@ export async function createLocalKeyVault(options: LocalKeyVaultOptions): Promis
   };
 
   const persist = (entry: KeyEntry): Promise<void> => {
-    const stored: StoredKey = {
+    const stored: Omit<StoredKey, "mac"> = {
       format: STORAGE_FORMAT,
       name: entry.name,
       versions: entry.versions.map((v) => v.stored),
       ...(entry.rotationPolicy === undefined ? {} : { rotationPolicy: entry.rotationPolicy }),
     };
-    return storage.writeKey(entry.name, JSON.stringify(stored));
+    return storage.writeKey(entry.name, sealRecord(stored));
   };
 
   const toVersion = (name: string, entry: VersionEntry): LocalKeyVersion => {

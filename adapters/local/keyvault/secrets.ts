@@ -2,8 +2,9 @@
  * The secrets half of the local Key Vault-compatible server: named secrets with versions, as
  * Key Vault's REST API 7.x has them (`PUT /secrets/{name}` sets a new version, `GET
  * /secrets/{name}/{version?}` reads one), so the real `@azure/keyvault-secrets` client reads the
- * deployment webhook's HMAC key from it exactly as it would from Azure. Values stay in memory;
- * nothing here logs them.
+ * deployment webhook's HMAC key from it exactly as it would from Azure. Values stay in memory
+ * (and, with `onChange`, wherever its caller keeps them: `npm start -- --state` seals them to
+ * disk); nothing here logs them.
  */
 import { randomBytes } from "node:crypto";
 import { z } from "zod";
@@ -37,8 +38,22 @@ export function isSecretName(name: string): boolean {
   return SECRET_NAME.test(name);
 }
 
-export function createLocalSecrets(): LocalSecrets {
+export interface LocalSecretsOptions {
+  /** Versions to start with (what `onChange` was last given), oldest first. */
+  readonly versions?: readonly LocalSecretVersion[];
+  /**
+   * Called with every version, the new one included, before `set` keeps it; when it throws,
+   * `set` throws and nothing changes.
+   */
+  readonly onChange?: (versions: readonly LocalSecretVersion[]) => void;
+}
+
+export function createLocalSecrets(store: LocalSecretsOptions = {}): LocalSecrets {
   const versions = new Map<string, LocalSecretVersion[]>();
+  for (const version of store.versions ?? []) {
+    if (!isSecretName(version.name)) throw new TypeError("invalid secret name");
+    versions.set(version.name, [...(versions.get(version.name) ?? []), version]);
+  }
   return {
     set(name, value, options = {}) {
       if (!isSecretName(name)) throw new TypeError("invalid secret name");
@@ -49,7 +64,9 @@ export function createLocalSecrets(): LocalSecrets {
         ...(options.contentType === undefined ? {} : { contentType: options.contentType }),
         created: options.at ?? new Date(),
       };
-      versions.set(name, [...(versions.get(name) ?? []), version]);
+      const list = [...(versions.get(name) ?? []), version];
+      store.onChange?.([...[...versions].flatMap(([n, v]) => (n === name ? [] : v)), ...list]);
+      versions.set(name, list);
       return version;
     },
     get(name, version) {

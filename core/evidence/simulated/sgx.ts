@@ -5,7 +5,15 @@
  * Enclave attestation key and QE report, and signs quotes exactly as Intel's QE does. Its root
  * is trusted only where configuration names it; it never chains to Intel's root.
  */
-import { createHash, generateKeyPairSync, sign, type KeyObject, type X509Certificate } from "node:crypto";
+import {
+  createHash,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  sign,
+  type KeyObject,
+  type X509Certificate,
+} from "node:crypto";
 import { buildCertificate, derToPem, type DistinguishedName } from "../../x509/certificate.js";
 
 /** Names of the simulated chain; every one says it is not Intel's. */
@@ -84,16 +92,81 @@ const XFRM_DEFAULT = 0x07n;
 const QE_FLAGS = 0x15n; // INITTED | MODE64BIT | PROVISION_KEY
 const QE_AUTH_DATA = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
 
+interface SgxPlatformKeys {
+  readonly root: KeyPair;
+  readonly platformCa: KeyPair;
+  readonly pck: KeyPair;
+  readonly attestation: KeyPair;
+}
+
+type KeyPair = { readonly publicKey: KeyObject; readonly privateKey: KeyObject };
+
+/**
+ * A simulated SGX platform in portable form (its options and PKCS#8 PEM private keys), so that a
+ * restarted local system plays the same platform: the same root, PCK and attestation keys. It
+ * holds private keys: test material, as trustworthy as a file anyone can write.
+ */
+export interface SimulatedSgxPlatformState {
+  readonly kind: "shield-simulated-sgx-platform";
+  readonly notBefore: string;
+  readonly notAfter: string;
+  readonly pckNotAfter?: string;
+  readonly qeSvn: number;
+  readonly pceSvn: number;
+  readonly keys: {
+    readonly root: string;
+    readonly platformCa: string;
+    readonly pck: string;
+    readonly attestation: string;
+  };
+}
+
+const sgxStates = new WeakMap<SimulatedSgxPlatform, SimulatedSgxPlatformState>();
+
+export function exportSimulatedSgxPlatform(platform: SimulatedSgxPlatform): SimulatedSgxPlatformState {
+  const state = sgxStates.get(platform);
+  if (state === undefined) throw new TypeError("not a platform made by createSimulatedSgxPlatform");
+  return state;
+}
+
+export function restoreSimulatedSgxPlatform(state: SimulatedSgxPlatformState): SimulatedSgxPlatform {
+  if (state?.kind !== "shield-simulated-sgx-platform")
+    throw new TypeError("not a simulated SGX platform state");
+  const pair = (pem: string): KeyPair => {
+    const privateKey = createPrivateKey(pem);
+    return { privateKey, publicKey: createPublicKey(privateKey) };
+  };
+  return buildSgxPlatform(
+    {
+      notBefore: new Date(state.notBefore),
+      notAfter: new Date(state.notAfter),
+      ...(state.pckNotAfter === undefined ? {} : { pckNotAfter: new Date(state.pckNotAfter) }),
+      qeSvn: state.qeSvn,
+      pceSvn: state.pceSvn,
+    },
+    {
+      root: pair(state.keys.root),
+      platformCa: pair(state.keys.platformCa),
+      pck: pair(state.keys.pck),
+      attestation: pair(state.keys.attestation),
+    },
+  );
+}
+
 export function createSimulatedSgxPlatform(options: SimulatedSgxPlatformOptions = {}): SimulatedSgxPlatform {
+  return buildSgxPlatform(options, { root: p256(), platformCa: p256(), pck: p256(), attestation: p256() });
+}
+
+function buildSgxPlatform(options: SimulatedSgxPlatformOptions, keys: SgxPlatformKeys): SimulatedSgxPlatform {
   const notBefore = options.notBefore ?? DEFAULT_NOT_BEFORE;
   const notAfter = options.notAfter ?? DEFAULT_NOT_AFTER;
   const qeSvn = u16Option(options.qeSvn ?? 8, "qeSvn");
   const pceSvn = u16Option(options.pceSvn ?? 13, "pceSvn");
 
-  const rootKey = p256();
-  const platformCaKey = p256();
-  const pckKey = p256();
-  const attestationKey = p256();
+  const rootKey = keys.root;
+  const platformCaKey = keys.platformCa;
+  const pckKey = keys.pck;
+  const attestationKey = keys.attestation;
 
   const rootCertificate = buildCertificate({
     subject: SIMULATED_SGX_NAMES.root,
@@ -152,7 +225,7 @@ export function createSimulatedSgxPlatform(options: SimulatedSgxPlatformOptions 
   // Stable per platform, as Intel's platform instance ID is.
   const platformInstanceId = createHash("sha256").update(attestationPublicKey).digest().subarray(0, 16);
 
-  return {
+  const platform: SimulatedSgxPlatform = {
     rootCertificate,
     pckChain,
     generateQuote(fields: SimulatedSgxQuoteFields = {}, quoteOptions: SimulatedSgxQuoteOptions = {}): Buffer {
@@ -207,6 +280,22 @@ export function createSimulatedSgxPlatform(options: SimulatedSgxPlatformOptions 
       return Buffer.concat([oeHeader, quote]);
     },
   };
+  const pem = (key: KeyPair) => key.privateKey.export({ type: "pkcs8", format: "pem" }).toString();
+  sgxStates.set(platform, {
+    kind: "shield-simulated-sgx-platform",
+    notBefore: notBefore.toISOString(),
+    notAfter: notAfter.toISOString(),
+    ...(options.pckNotAfter === undefined ? {} : { pckNotAfter: options.pckNotAfter.toISOString() }),
+    qeSvn,
+    pceSvn,
+    keys: {
+      root: pem(rootKey),
+      platformCa: pem(platformCaKey),
+      pck: pem(pckKey),
+      attestation: pem(attestationKey),
+    },
+  });
+  return platform;
 }
 
 interface ReportBodyFields {
@@ -241,7 +330,7 @@ function attributes(flags: bigint, xfrm: bigint): Buffer {
   return out;
 }
 
-function p256(): { publicKey: KeyObject; privateKey: KeyObject } {
+function p256(): KeyPair {
   return generateKeyPairSync("ec", { namedCurve: "P-256" });
 }
 

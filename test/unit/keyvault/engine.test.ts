@@ -1,4 +1,4 @@
-import { createPrivateKey, generateKeyPairSync, randomBytes } from "node:crypto";
+import { createHmac, createPrivateKey, generateKeyPairSync, hkdfSync, randomBytes } from "node:crypto";
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -508,16 +508,71 @@ describe("key material at rest", () => {
     await vault.createKey(name, exportable());
     await vault.rotateKey(name);
     const file = join(directory, "keys", `${name}.json`);
-    const stored = JSON.parse(await readFile(file, "utf8")) as { versions: { sealed: unknown }[] };
+    const original = await readFile(file, "utf8");
+    const { mac: _mac, ...stored } = JSON.parse(original) as {
+      mac: string;
+      versions: { sealed: unknown }[];
+    };
     stored.versions[1]!.sealed = stored.versions[0]!.sealed;
-    await writeFile(file, JSON.stringify(stored));
-    const reopened = await fixture.engine({ storage: directory, masterKey });
-    await expect(reopened.keyMaterialForTests(name)).rejects.toMatchObject({
+    // Moved as it is: the record's MAC no longer matches, and the vault does not open.
+    await writeFile(file, JSON.stringify({ ...stored, mac: _mac }));
+    await expect(fixture.engine({ storage: directory, masterKey })).rejects.toMatchObject({
       code: "ERR_CONFIG",
-      status: 500,
+      message: expect.stringMatching(/fails its MAC check/) as unknown,
     });
-    await expect(reopened.release(name, undefined, { target: await fixture.token() })).rejects.toMatchObject({
-      status: 500,
+    // Moved with a valid MAC (made with the master key): the sealed key itself is bound to its id.
+    const macKey = Buffer.from(
+      hkdfSync("sha256", masterKey, Buffer.alloc(0), "shield local key vault record mac", 32),
+    );
+    const text = JSON.stringify(stored);
+    const mac = createHmac("sha256", macKey)
+      .update(`${VAULT_URL}/keys/${name}\n`)
+      .update(text)
+      .digest("base64");
+    await writeFile(file, JSON.stringify({ ...stored, mac }));
+    await expect(fixture.engine({ storage: directory, masterKey })).rejects.toMatchObject({
+      code: "ERR_CONFIG",
+      message: expect.stringMatching(/does not open under the master key/) as unknown,
+    });
+    await writeFile(file, original);
+    expect((await (await fixture.engine({ storage: directory, masterKey })).listVersions(name)).length).toBe(
+      2,
+    );
+  });
+
+  it("refuses storage whose attributes or release policy were edited, or whose vault record is gone", async () => {
+    const directory = await mkdtemp(join(tmpdir(), "shield-kv-"));
+    temporaryDirectories.push(directory);
+    const masterKey = randomBytes(32);
+    const vault = await fixture.engine({ storage: directory, masterKey });
+    const name = fixture.uniqueName("edited");
+    await vault.createKey(name, exportable());
+    const file = join(directory, "keys", `${name}.json`);
+    const original = await readFile(file, "utf8");
+    const edited = JSON.parse(original) as {
+      versions: { attributes: { enabled: boolean }; releasePolicy: { data: string } }[];
+    };
+    edited.versions[0]!.releasePolicy.data = Buffer.from('{"version":"1.0.0","anyOf":[]}').toString(
+      "base64url",
+    );
+    await writeFile(file, JSON.stringify(edited));
+    await expect(fixture.engine({ storage: directory, masterKey })).rejects.toMatchObject({
+      code: "ERR_CONFIG",
+    });
+    await writeFile(file, original.replace('"enabled":true', '"enabled":false'));
+    await expect(fixture.engine({ storage: directory, masterKey })).rejects.toMatchObject({
+      code: "ERR_CONFIG",
+    });
+    await writeFile(file, original.slice(0, -10));
+    await expect(fixture.engine({ storage: directory, masterKey })).rejects.toMatchObject({
+      code: "ERR_CONFIG",
+      message: expect.stringMatching(/not JSON/) as unknown,
+    });
+    await writeFile(file, original);
+    await rm(join(directory, "vault.json"));
+    await expect(fixture.engine({ storage: directory, masterKey })).rejects.toMatchObject({
+      code: "ERR_CONFIG",
+      message: expect.stringMatching(/no vault record/) as unknown,
     });
   });
 
