@@ -106,6 +106,12 @@ const FORWARDED_PARAMETERS = new Set([
   "search_path",
 ]);
 const TEXT_OID = 25;
+/**
+ * Client encodings the proxy reads statements in: it lexes UTF-8, and in these the server reads
+ * every ASCII byte as that character. In SJIS, BIG5, GBK, UHC, GB18030 and JOHAB the second byte
+ * of a character can be ASCII (`\`, letters), so the server would read a text differently.
+ */
+const CLIENT_ENCODINGS = new Set(["UTF8", "SQL_ASCII"]);
 
 interface ErrorFields {
   readonly severity: "ERROR" | "FATAL";
@@ -334,6 +340,10 @@ class Session {
   #skipping = false;
   #queryShape: RowShape | undefined;
   #standardConformingStrings = true;
+  /** Queries and Syncs sent to the server and not yet answered with ReadyForQuery. */
+  #unsettled = 0;
+  /** An Execute went to the server since the last Sync: it may have changed a setting already. */
+  #executedInBatch = false;
 
   constructor(
     client: Socket,
@@ -517,6 +527,15 @@ class Session {
   }
 
   #plan(text: string): Plan {
+    // The server reports a changed client_encoding only at its next ReadyForQuery: until then a
+    // statement behind one may be read in another encoding, which only pure ASCII survives.
+    // eslint-disable-next-line no-control-regex -- everything beyond ASCII is the point
+    if ((this.#unsettled > 0 || this.#executedInBatch) && /[^\u0000-\u007f]/.test(text)) {
+      throw new ShieldError(
+        "ERR_PROXY_UNSAFE_STATEMENT",
+        "a statement with non-ASCII text sent before the server answered the one before it",
+      );
+    }
     return planStatement(text, this.#options.columns.schema, {
       standardConformingStrings: this.#standardConformingStrings,
       sealer: this.#crypto,
@@ -545,10 +564,12 @@ class Session {
           if (!isShieldError(error) || error.code !== "ERR_PROXY_UNSAFE_STATEMENT") throw error;
           this.#log("info", "pg proxy refused a statement", { code: error.code, reason: error.message });
           this.#pending.push({ kind: "query", refusal: error });
+          this.#unsettled++;
           this.#toServer(serialize.query(REFUSED_SQL));
           return;
         }
         this.#pending.push({ kind: "query" });
+        this.#unsettled++;
         this.#toServer(plan.untouched ? frame.raw : serialize.query(plan.text));
         return;
       }
@@ -620,6 +641,7 @@ class Session {
           this.#toServer(serialize.describe({ type: "P", name: portal }));
         }
         this.#pending.push({ kind: "execute", portal });
+        this.#executedInBatch = true;
         this.#toServer(frame.raw);
         return;
       }
@@ -636,6 +658,8 @@ class Session {
       case "S":
         this.#skipping = false;
         this.#pending.push({ kind: "sync" });
+        this.#unsettled++;
+        this.#executedInBatch = false;
         this.#toServer(frame.raw);
         return;
       case "H":
@@ -651,6 +675,7 @@ class Session {
       case "F": {
         const error = new ShieldError("ERR_PROXY_UNSAFE_STATEMENT", "the fast-path function call interface");
         this.#pending.push({ kind: "query", refusal: error });
+        this.#unsettled++;
         this.#toServer(serialize.query(REFUSED_SQL));
         return;
       }
@@ -753,6 +778,12 @@ class Session {
         if (status.parameterName === "standard_conforming_strings") {
           this.#standardConformingStrings = status.parameterValue === "on";
         }
+        if (status.parameterName === "client_encoding" && !CLIENT_ENCODINGS.has(status.parameterValue)) {
+          throw new ShieldError(
+            "ERR_PROXY_PROTOCOL",
+            "the proxy reads statements in UTF8 only; set client_encoding to UTF8",
+          );
+        }
         this.#toClient(frame.raw);
         return;
       }
@@ -852,6 +883,7 @@ class Session {
         return;
       case "Z":
         if (!greeting) {
+          this.#unsettled = Math.max(0, this.#unsettled - 1);
           while (this.#pending.length > 0) {
             const done = this.#pending.shift()!;
             if (done.kind === "sync" || done.kind === "query") break;

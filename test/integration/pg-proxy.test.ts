@@ -15,17 +15,20 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { serialize } from "pg-protocol";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { Secret } from "../../agent/config.js";
 import { KeyOperations } from "../../agent/encryption.js";
 import { HeldKeys } from "../../agent/held-keys.js";
 import { parseProxyColumns } from "../../agent/pg-proxy/columns.js";
 import { startPgProxy, type PgProxy, type PgProxyAgent } from "../../agent/pg-proxy/proxy.js";
 import { readPgProxySettings, resolvePgProxySettings } from "../../agent/pg-proxy/settings.js";
+import { FrameReader, type Frame } from "../../agent/pg-proxy/wire.js";
 import {
   databasePoolConfig,
   parseDatabaseSettings,
@@ -80,6 +83,76 @@ async function app(): Promise<pg.Client> {
   await client.connect();
   clients.push(client);
   return client;
+}
+
+/** A Query message for raw bytes (pg would encode the text as UTF-8 and never pipeline). */
+function queryMessage(text: string | Buffer): Buffer {
+  const body = Buffer.concat([typeof text === "string" ? Buffer.from(text, "utf8") : text, Buffer.from([0])]);
+  const head = Buffer.alloc(5);
+  head.write("Q", 0, "latin1");
+  head.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([head, body]);
+}
+
+/** The SQLSTATE and DETAIL of every ErrorResponse among `frames`. */
+function errorsOf(frames: readonly Frame[]): { code: string; detail: string }[] {
+  return frames
+    .filter((frame) => frame.type === "E")
+    .map((frame) => {
+      const fields = new Map<string, string>();
+      for (const field of frame.body.toString("latin1").split("\0")) {
+        if (field.length > 0) fields.set(field[0]!, field.slice(1));
+      }
+      return { code: fields.get("C") ?? "", detail: fields.get("D") ?? "" };
+    });
+}
+
+/** A logged-in connection to the proxy on a bare socket, for what a driver would not send. */
+async function rawSession(parameters: Record<string, string> = {}): Promise<{
+  exchange(bytes: Buffer, ready: number): Promise<Frame[]>;
+  end(): void;
+}> {
+  const socket = connect(proxy.port, "127.0.0.1");
+  socket.on("error", () => undefined);
+  const reader = new FrameReader();
+  let frames: Frame[] = [];
+  let closed = false;
+  let wake = (): void => undefined;
+  socket.on("data", (chunk: Buffer) => {
+    frames.push(...reader.push(chunk));
+    wake();
+  });
+  socket.on("close", () => {
+    closed = true;
+    wake();
+  });
+  const until = (done: () => boolean): Promise<Frame[]> =>
+    new Promise((resolve) => {
+      const check = (): void => {
+        if (!done() && !closed) return;
+        const got = frames;
+        frames = [];
+        resolve(got);
+      };
+      wake = check;
+      check();
+    });
+  const readies = (count: number) => () => frames.filter((frame) => frame.type === "Z").length >= count;
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.write(serialize.startup({ user: "postgres", database: "orders", ...parameters }));
+  await until(() => frames.some((frame) => frame.type === "R"));
+  socket.write(serialize.password(APP_PASSWORD));
+  const greeting = await until(readies(1));
+  if (!greeting.some((frame) => frame.type === "Z")) throw new Error("the raw session did not open");
+  return {
+    exchange(bytes, ready) {
+      socket.write(bytes);
+      return until(readies(ready));
+    },
+    end() {
+      socket.destroy();
+    },
+  };
 }
 
 /** Everything the operator sees, as one string per encoding the checks search. */
@@ -470,6 +543,92 @@ describe("pg proxy: an unmodified client", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("a hostile application cannot get plaintext past the classifier by lexing tricks", async () => {
+    // Each text is one the server reads as an INSERT of a plaintext value into a protected
+    // column; the proxy must encrypt it or refuse it, never pass it on as it is.
+    const before = await rawTable();
+    const client = await app();
+    onTestFinished(() =>
+      operator.query("DELETE FROM orders WHERE id BETWEEN 60 AND 69").then(() => undefined),
+    );
+    const smuggled = [
+      // A `--` comment ends at a carriage return too (scan.l: newline is [\n\r]).
+      [
+        "SELECT 1 --\r; INSERT INTO orders (id, customer_email) VALUES (60, 'cr.comment@smuggle.example')",
+        [],
+      ],
+      ["--\rINSERT INTO orders (id, customer_email) VALUES ($1, $2)", [61, "cr.param@smuggle.example"]],
+    ] as const;
+    for (const [text, values] of smuggled) {
+      // Planned as PostgreSQL reads it: the INSERT is seen, and its value sealed.
+      await (values.length > 0 ? client.query(text, [...values]) : client.query(text));
+    }
+    const sealed = await operator.query("SELECT customer_email FROM orders WHERE id IN (60, 61) ORDER BY id");
+    expect(sealed.rows).toHaveLength(2);
+    for (const row of sealed.rows as { customer_email: string }[]) {
+      expect(row.customer_email).toMatch(/^shield:v1:v\d+:[A-Za-z0-9_-]+$/);
+    }
+    await expectNoPlaintext(["cr.comment@smuggle.example", "cr.param@smuggle.example"]);
+    await operator.query("DELETE FROM orders WHERE id IN (60, 61)");
+    // With standard_conforming_strings off, N'...' is an escape string as '...' is.
+    await client.query("SET standard_conforming_strings = off");
+    await expect(
+      client.query(
+        "SELECT N'\\' ' ; INSERT INTO orders (id, customer_email) VALUES (62, $$nchar@smuggle.example$$) -- '",
+      ),
+    ).rejects.toMatchObject({ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" });
+    await client.query("RESET standard_conforming_strings");
+    expect(await rawTable()).toEqual(before);
+    await expectNoPlaintext([
+      "cr.comment@smuggle.example",
+      "cr.param@smuggle.example",
+      "nchar@smuggle.example",
+    ]);
+  });
+
+  it("a pipelined setting change does not change how the proxy reads the next statement", async () => {
+    const before = await rawTable();
+    onTestFinished(() =>
+      operator.query("DELETE FROM orders WHERE id BETWEEN 60 AND 69").then(() => undefined),
+    );
+    // standard_conforming_strings off, then at once (before the server's ParameterStatus can
+    // reach the proxy) a text that reads as a SELECT with it on and as an INSERT with it off.
+    const scs = await rawSession();
+    const answers = await scs.exchange(
+      Buffer.concat([
+        queryMessage("SET standard_conforming_strings = off"),
+        queryMessage(
+          "SELECT 'x\\' , ' ; INSERT INTO orders (id, customer_email) VALUES (63, $$pipelined@smuggle.example$$) -- '",
+        ),
+      ]),
+      2,
+    );
+    expect(errorsOf(answers)).toEqual([{ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" }]);
+    scs.end();
+    // A client encoding whose second bytes can be ASCII: in SJIS, 0x95 0x5C is one character,
+    // so the backslash the proxy would read as an escape is not one.
+    const sjis = await rawSession();
+    const sjisAnswers = await sjis.exchange(
+      Buffer.concat([
+        queryMessage("SET client_encoding = 'SJIS'"),
+        queryMessage(
+          Buffer.concat([
+            Buffer.from("SELECT E'"),
+            Buffer.from([0x95, 0x5c]),
+            Buffer.from(
+              "' ; INSERT INTO orders (id, customer_email) VALUES (64, $$sjis@smuggle.example$$) -- '",
+            ),
+          ]),
+        ),
+      ]),
+      2,
+    );
+    expect(errorsOf(sjisAnswers).length).toBeGreaterThan(0);
+    sjis.end();
+    expect(await rawTable()).toEqual(before);
+    await expectNoPlaintext(["pipelined@smuggle.example", "sjis@smuggle.example"]);
   });
 
   it("on revocation, ends open connections at once and refuses new ones", async () => {

@@ -191,6 +191,49 @@ describe("pg proxy sql: refusals", () => {
   });
 });
 
+describe("pg proxy sql: texts that lex one way for a naive reader and another for the server", () => {
+  it("a `--` comment ends at a carriage return as at a line feed", () => {
+    // scan.l: newline is [\n\r]; what follows the CR is SQL the server runs.
+    const planned = plan("SELECT 1 --\r; INSERT INTO orders (name) VALUES ('plain')");
+    expect(planned.untouched).toBe(false);
+    expect(planned.text).toBe("SELECT 1 --\r; INSERT INTO orders (name) VALUES ('enc:name:5')");
+    expect(refusal("--\rSELECT * FROM orders WHERE email LIKE $1")).toMatch(/LIKE/);
+    expect(plan("SELECT 1 -- orders.email\n").untouched).toBe(true);
+  });
+
+  it("with standard_conforming_strings off, N'...' is an escape string, as '...' is", () => {
+    expect(refusal("SELECT N'\\' ' ; INSERT INTO orders (name) VALUES ($$plain$$) -- '", false)).toMatch(
+      /standard_conforming/,
+    );
+    expect(() => plan("SELECT N'a\\b' FROM audit", true)).not.toThrow();
+  });
+
+  it("a string that would end elsewhere with standard_conforming_strings off is refused near a protected name", () => {
+    // A SET pipelined before it reaches the server first; the proxy still believes it on.
+    expect(refusal("SELECT 'x\\' , ' ; INSERT INTO orders (name) VALUES ($$plain$$) -- '")).toMatch(
+      /ends elsewhere/,
+    );
+    expect(refusal("SELECT 'x\\' , ' ; INSERT INTO audit (what) SELECT name FROM orders -- '")).toMatch(
+      /ends elsewhere/,
+    );
+    // Read the same either way, or naming nothing protected: planned as before.
+    expect(plan("SELECT id FROM orders WHERE note = 'a\\b'").untouched).toBe(true);
+    expect(plan("SELECT 'C:\\' FROM audit").untouched).toBe(true);
+    expect(plan("SELECT 'x\\' , ' ; SELECT 1 -- ' FROM audit").untouched).toBe(true);
+  });
+
+  it("names longer than 63 bytes are cut as the server cuts them", () => {
+    const long = "c".repeat(63);
+    const schema = parseProxyColumns({ key: "k", columns: { [`t.${long}`]: {} } }).schema;
+    const planLong = (sql: string) => planStatement(sql, schema, { standardConformingStrings: true, sealer });
+    expect(planLong(`INSERT INTO t (${long}_and_more) VALUES ('plain')`).text).toBe(
+      `INSERT INTO t (${long}_and_more) VALUES ('enc:${long}:5')`,
+    );
+    expect(() => planLong(`SELECT * FROM t WHERE "${long}xyz" LIKE $1`)).toThrow(/LIKE/);
+    expect(() => planLong(`SELECT lower(${long}é) FROM t`)).toThrow(/expression/);
+  });
+});
+
 describe("pg proxy columns file", () => {
   it("reads table.column entries with optional blind indexes", () => {
     expect(columns.keyName).toBe("orders-key");
