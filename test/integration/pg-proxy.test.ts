@@ -108,7 +108,7 @@ function errorsOf(frames: readonly Frame[]): { code: string; detail: string }[] 
 }
 
 /** A logged-in connection to the proxy on a bare socket, for what a driver would not send. */
-async function rawSession(parameters: Record<string, string> = {}): Promise<{
+async function rawSession(): Promise<{
   exchange(bytes: Buffer, ready: number): Promise<Frame[]>;
   end(): void;
 }> {
@@ -139,7 +139,7 @@ async function rawSession(parameters: Record<string, string> = {}): Promise<{
     });
   const readies = (count: number) => () => frames.filter((frame) => frame.type === "Z").length >= count;
   await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
-  socket.write(serialize.startup({ user: "postgres", database: "orders", ...parameters }));
+  socket.write(serialize.startup({ user: "postgres", database: "orders" }));
   await until(() => frames.some((frame) => frame.type === "R"));
   socket.write(serialize.password(APP_PASSWORD));
   const greeting = await until(readies(1));
@@ -609,24 +609,33 @@ describe("pg proxy: an unmodified client", () => {
     scs.end();
     // A client encoding whose second bytes can be ASCII: in SJIS, 0x95 0x5C is one character,
     // so the backslash the proxy would read as an escape is not one.
-    const sjis = await rawSession();
-    const sjisAnswers = await sjis.exchange(
-      Buffer.concat([
-        queryMessage("SET client_encoding = 'SJIS'"),
-        queryMessage(
-          Buffer.concat([
-            Buffer.from("SELECT E'"),
-            Buffer.from([0x95, 0x5c]),
-            Buffer.from(
-              "' ; INSERT INTO orders (id, customer_email) VALUES (64, $$sjis@smuggle.example$$) -- '",
-            ),
-          ]),
-        ),
-      ]),
+    const sjisText = (id: number) =>
+      queryMessage(
+        Buffer.concat([
+          Buffer.from("SELECT E'"),
+          Buffer.from([0x95, 0x5c]),
+          Buffer.from(
+            `' ; INSERT INTO orders (id, customer_email) VALUES (${id}, $$sjis@smuggle.example$$) -- '`,
+          ),
+        ]),
+      );
+    // Pipelined: the statement reaches the server before its ParameterStatus reaches the proxy.
+    const pipelined = await rawSession();
+    const pipelinedAnswers = await pipelined.exchange(
+      Buffer.concat([queryMessage("SET client_encoding = 'SJIS'"), sjisText(64)]),
       2,
     );
-    expect(errorsOf(sjisAnswers).length).toBeGreaterThan(0);
-    sjis.end();
+    // The session ends at the ParameterStatus; the statement behind it was refused already.
+    expect(errorsOf(pipelinedAnswers)).toEqual([{ code: "08P01", detail: "ERR_PROXY_PROTOCOL" }]);
+    expect(await operator.query("SELECT 1 FROM orders WHERE id = 64")).toMatchObject({ rowCount: 0 });
+    pipelined.end();
+    // One after the other: the session ends once the server reports the encoding.
+    const sequential = await rawSession();
+    const set = await sequential.exchange(queryMessage("SET client_encoding = 'SJIS'"), 1);
+    expect(errorsOf(set)).toEqual([{ code: "08P01", detail: "ERR_PROXY_PROTOCOL" }]);
+    await sequential.exchange(sjisText(65), 1);
+    sequential.end();
+    expect(await operator.query("SELECT 1 FROM orders WHERE id = 65")).toMatchObject({ rowCount: 0 });
     expect(await rawTable()).toEqual(before);
     await expectNoPlaintext(["pipelined@smuggle.example", "sjis@smuggle.example"]);
   });
