@@ -629,6 +629,36 @@ describe("pg proxy: an unmodified client", () => {
     expect(errorsOf(pipelinedAnswers)).toEqual([{ code: "08P01", detail: "ERR_PROXY_PROTOCOL" }]);
     expect(await operator.query("SELECT 1 FROM orders WHERE id = 64")).toMatchObject({ rowCount: 0 });
     pipelined.end();
+    // The same in one extended-protocol batch: the server reports the change only at its
+    // ReadyForQuery, after the Parse behind the Execute has been read in SJIS (one statement:
+    // the INSERT in a WITH).
+    const batch = await rawSession();
+    const sjisParse = Buffer.concat([
+      Buffer.from("WITH x AS (SELECT E'"),
+      Buffer.from([0x95, 0x5c]),
+      Buffer.from(
+        "'), y AS (INSERT INTO orders (id, customer_email) VALUES (66, $$sjis@smuggle.example$$) RETURNING 1) SELECT 1 -- '",
+      ),
+    ]);
+    const parseBody = Buffer.concat([Buffer.from([0]), sjisParse, Buffer.from([0, 0, 0])]);
+    const parseHead = Buffer.alloc(5);
+    parseHead.write("P", 0, "latin1");
+    parseHead.writeInt32BE(parseBody.length + 4, 1);
+    await batch.exchange(
+      Buffer.concat([
+        serialize.parse({ text: "SET client_encoding = 'SJIS'" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        parseHead,
+        parseBody,
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    batch.end();
+    expect(await operator.query("SELECT 1 FROM orders WHERE id = 66")).toMatchObject({ rowCount: 0 });
     // One after the other: the session ends once the server reports the encoding.
     const sequential = await rawSession();
     const set = await sequential.exchange(queryMessage("SET client_encoding = 'SJIS'"), 1);
