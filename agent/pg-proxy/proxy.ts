@@ -252,7 +252,12 @@ interface RowShape {
 }
 
 type Pending =
-  | { readonly kind: "parse"; readonly refusal?: ShieldError }
+  | {
+      readonly kind: "parse";
+      readonly refusal?: ShieldError;
+      /** The statement this Parse (re)defines, and what the proxy held for it before. */
+      readonly statement?: { readonly name: string; readonly plan?: Plan; readonly shape?: RowShape };
+    }
   | { readonly kind: "bind" }
   | { readonly kind: "close" }
   | { readonly kind: "describe-statement"; readonly name: string }
@@ -583,9 +588,20 @@ class Session {
           this.#refuseExtended(error);
           return;
         }
+        // Kept until the server answers: a Parse it refuses (a named statement that exists, a
+        // type it does not know) leaves its own statement as it was, and so must the proxy.
+        const previous = this.#statements.get(parse.name);
+        const previousShape = this.#statementShapes.get(parse.name);
         this.#statements.set(parse.name, plan);
         this.#statementShapes.delete(parse.name);
-        this.#pending.push({ kind: "parse" });
+        this.#pending.push({
+          kind: "parse",
+          statement: {
+            name: parse.name,
+            ...(previous === undefined ? {} : { plan: previous }),
+            ...(previousShape === undefined ? {} : { shape: previousShape }),
+          },
+        });
         if (plan.untouched) {
           this.#toServer(frame.raw);
           return;
@@ -605,8 +621,15 @@ class Session {
             ? { shape: this.#statementShapes.get(bind.statement)! }
             : {}),
         });
+        if (plan === undefined) {
+          // Not one the proxy planned (e.g. made by an SQL PREPARE): its values cannot be sealed.
+          this.#refuseExtended(
+            new ShieldError("ERR_PROXY_UNSAFE_STATEMENT", "a Bind of a statement the proxy has not planned"),
+          );
+          return;
+        }
         this.#pending.push({ kind: "bind" });
-        if (plan === undefined || plan.untouched) {
+        if (plan.untouched) {
           this.#toServer(frame.raw);
           return;
         }
@@ -803,8 +826,27 @@ class Session {
           this.#toClient(frame.raw);
         }
         // An error in the extended protocol: the server skips to the next Sync, and so do we.
+        const undone: Pending[] = [];
         if (head !== undefined && head.kind !== "query" && head.kind !== "sync") {
-          while (this.#pending.length > 0 && this.#pending[0]!.kind !== "sync") this.#pending.shift();
+          while (this.#pending.length > 0 && this.#pending[0]!.kind !== "sync") {
+            undone.push(this.#pending.shift()!);
+          }
+        }
+        // Parses the server refused or skipped define nothing: latest first, each statement goes
+        // back to what the server still has.
+        for (const entry of undone.reverse()) {
+          if (entry.kind !== "parse" || entry.statement === undefined) continue;
+          const { name, plan, shape } = entry.statement;
+          // A refused Parse of the unnamed statement has dropped the one before it.
+          const dropped = entry === head && name === "";
+          if (dropped || plan === undefined) {
+            this.#statements.delete(name);
+            this.#statementShapes.delete(name);
+          } else {
+            this.#statements.set(name, plan);
+            if (shape === undefined) this.#statementShapes.delete(name);
+            else this.#statementShapes.set(name, shape);
+          }
         }
         return;
       }

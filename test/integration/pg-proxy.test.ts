@@ -670,6 +670,69 @@ describe("pg proxy: an unmodified client", () => {
     await expectNoPlaintext(["pipelined@smuggle.example", "sjis@smuggle.example"]);
   });
 
+  it("a statement name reused in a Parse the server refuses keeps the plan the server keeps", async () => {
+    onTestFinished(() =>
+      operator.query("DELETE FROM orders WHERE id BETWEEN 60 AND 69").then(() => undefined),
+    );
+    const session = await rawSession();
+    const insert = "INSERT INTO orders (id, customer_name) VALUES ($1, $2)";
+    // `s` is the proxy's INSERT (the name encrypted); a second Parse of `s` fails on the server
+    // (it exists), so the Bind after it runs the INSERT, and must still be sealed.
+    await session.exchange(
+      Buffer.concat([serialize.parse({ name: "s", text: insert }), serialize.sync()]),
+      1,
+    );
+    const reuse = await session.exchange(
+      Buffer.concat([serialize.parse({ name: "s", text: "SELECT $1::int, $2::text" }), serialize.sync()]),
+      1,
+    );
+    expect(errorsOf(reuse).map((error) => error.code)).toEqual(["42P05"]);
+    await session.exchange(
+      Buffer.concat([
+        serialize.bind({ statement: "s", values: ["67", "Reused Name"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    // A Parse the server skips (an error before it in the batch) defines nothing either.
+    const skipped = await session.exchange(
+      Buffer.concat([
+        serialize.execute({ portal: "no-such-portal" }),
+        serialize.parse({ name: "s", text: "SELECT $1::int, $2::text" }),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    expect(errorsOf(skipped).map((error) => error.code)).toEqual(["34000"]);
+    await session.exchange(
+      Buffer.concat([
+        serialize.bind({ statement: "s", values: ["68", "Skipped Name"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    // A statement the proxy never planned (an SQL PREPARE) is not bound with values as they are.
+    await session.exchange(queryMessage("PREPARE q AS SELECT $1::text"), 1);
+    const unplanned = await session.exchange(
+      Buffer.concat([
+        serialize.bind({ statement: "q", values: ["x"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    expect(errorsOf(unplanned)).toEqual([{ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" }]);
+    session.end();
+    const stored = await operator.query("SELECT customer_name FROM orders WHERE id IN (67, 68)");
+    for (const row of stored.rows as { customer_name: string }[]) {
+      expect(row.customer_name).toMatch(/^shield:v1:/);
+    }
+    expect(stored.rows).toHaveLength(2);
+    await expectNoPlaintext(["Reused Name", "Skipped Name"]);
+  });
+
   it("on revocation, ends open connections at once and refuses new ones", async () => {
     const open = await app();
     const ended = new Promise<Error>((resolve) => open.once("error", resolve));
