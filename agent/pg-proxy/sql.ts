@@ -443,11 +443,23 @@ function planOne(
   names: ReadonlySet<string>,
   state: PlanState,
 ): void {
+  const head = tokens[0]!;
+  // Code the server runs from a string: its names are out of the proxy's sight (and may be
+  // put together at run time), so it is refused whatever it names.
+  const creates = isWord(head, "create")
+    ? isWord(tokens[1], "or") && isWord(tokens[2], "replace")
+      ? 3
+      : 1
+    : 0;
+  if (isWord(head, "do") || (creates > 0 && isWord(tokens[creates], "function", "procedure"))) {
+    throw refused(
+      `${isWord(head, "do") ? "DO" : `CREATE ${tokens[creates]!.value.toUpperCase()}`}: code in a string, which the proxy cannot read`,
+    );
+  }
   const touches = tokens.some(
     (token) => token.kind === "unicode-ident" || (isName(token) && names.has(token.value)),
   );
   if (!touches) return;
-  const head = tokens[0]!;
   if (tokens.some((token) => token.kind === "unicode-ident")) {
     throw refused('a U&"..." identifier in a statement that may name a protected table');
   }

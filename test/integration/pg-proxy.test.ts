@@ -580,8 +580,20 @@ describe("pg proxy: an unmodified client", () => {
       ),
     ).rejects.toMatchObject({ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" });
     await client.query("RESET standard_conforming_strings");
+    // Code in a string: a DO block or a function body the server runs, names and all.
+    for (const text of [
+      "DO $$BEGIN INSERT INTO orders (id, customer_email) VALUES (63, 'do.block@smuggle.example'); END$$",
+      "CREATE FUNCTION smuggle(e text) RETURNS void LANGUAGE sql AS 'INSERT INTO orders (id, customer_email) VALUES (64, e)'",
+      "create or replace procedure smuggle() language plpgsql as $x$ begin execute 'insert into ord' || 'ers (id) values (65)'; end $x$",
+    ]) {
+      await expect(client.query(text), text).rejects.toMatchObject({
+        code: "0A000",
+        detail: "ERR_PROXY_UNSAFE_STATEMENT",
+      });
+    }
     expect(await rawTable()).toEqual(before);
     await expectNoPlaintext([
+      "do.block@smuggle.example",
       "cr.comment@smuggle.example",
       "cr.param@smuggle.example",
       "nchar@smuggle.example",

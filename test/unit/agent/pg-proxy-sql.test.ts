@@ -155,6 +155,10 @@ describe("pg proxy sql: refusals", () => {
     ["SELECT * FROM ORDERS WHERE EMAIL LIKE $1", /LIKE/],
     ["SELECT * FROM orders WHERE/**/email/*x*/LIKE/**/$1", /LIKE/],
     ['select U&"\\0065mail" from orders', /U&/],
+    ["DO $$BEGIN INSERT INTO orders (email) VALUES ('x'); END$$", /DO: code in a string/],
+    ["do 'begin perform 1; end'", /DO: code in a string/],
+    ["CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DELETE FROM audit'", /CREATE FUNCTION/],
+    ["create or replace procedure p() language plpgsql as $b$ begin null; end $b$", /CREATE PROCEDURE/],
   ])("%s", (sql, reason) => {
     expect(refusal(sql)).toMatch(reason);
   });
