@@ -85,7 +85,14 @@ export function refused(reason: string): ShieldError {
 const OPERATOR_CHARS = new Set("+-*/<>=~!@#%^&|`?");
 const IDENT_START = /[A-Za-z_\u0080-\uffff]/;
 const IDENT_PART = /[A-Za-z0-9_$\u0080-\uffff]/;
-const NUMBER = /(?:0[xXoObB][0-9a-fA-F_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)/y;
+/**
+ * Numbers as PostgreSQL before 16 reads them: digits only, so `0x1f` and `1_000` are a number
+ * and then a name. Version 16 reads those as one number and rejects a number run into a name,
+ * so this reading never misses a name either version sees.
+ */
+const NUMBER = /(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?/y;
+/** The most parameters a Bind can carry (its count is an int16). */
+const MAX_PARAMETER = 65_535;
 const DOLLAR_TAG = /\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
 
 /** The tokens of `sql`, comments and whitespace dropped. */
@@ -175,6 +182,9 @@ function lex(sql: string, standardConformingStrings: boolean, refuseBackslashes:
     if (c === "$") {
       const param = /^\$(\d+)/.exec(sql.slice(i, i + 12));
       if (param !== null) {
+        if (param[1]!.length > 5 || Number(param[1]) > MAX_PARAMETER || Number(param[1]) === 0) {
+          throw refused(`a parameter number beyond $${MAX_PARAMETER}`);
+        }
         tokens.push({ kind: "param", value: param[1]!, start, end: i + param[0].length });
         i += param[0].length;
         continue;

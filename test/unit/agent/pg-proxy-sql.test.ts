@@ -226,6 +226,22 @@ describe("pg proxy sql: texts that lex one way for a naive reader and another fo
     expect(plan("SELECT 'x\\' , ' ; SELECT 1 -- ' FROM audit").untouched).toBe(true);
   });
 
+  it("numbers are read as servers before 16 read them: `0x1f` and `1_x` are a number and a name", () => {
+    const schema = parseProxyColumns({ key: "k", columns: { "t.x1f": {}, "t._secret": {} } }).schema;
+    const planT = (sql: string) => planStatement(sql, schema, { standardConformingStrings: true, sealer });
+    expect(() => planT("SELECT 0x1f FROM t")).toThrow(/expression/);
+    expect(() => planT("SELECT 1_secret FROM t")).toThrow(/expression/);
+    expect(planT("SELECT 1.5e3, .5 FROM t").untouched).toBe(true);
+  });
+
+  it("a parameter number no Bind can reach is refused, not planned", () => {
+    // The plan holds a rule per parameter up to the highest: $99999999999 would never end.
+    for (const n of ["65536", "99999", "0"]) {
+      expect(refusal(`SELECT name FROM orders WHERE email = $1 AND id = $${n}`)).toMatch(/parameter number/);
+    }
+    expect(plan("SELECT name FROM orders WHERE email = $1 AND id = $65535").parameters).toHaveLength(65_535);
+  });
+
   it("names longer than 63 bytes are cut as the server cuts them", () => {
     const long = "c".repeat(63);
     const schema = parseProxyColumns({ key: "k", columns: { [`t.${long}`]: {} } }).schema;
