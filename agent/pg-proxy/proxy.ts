@@ -106,6 +106,12 @@ const FORWARDED_PARAMETERS = new Set([
   "search_path",
 ]);
 const TEXT_OID = 25;
+/**
+ * Client encodings the proxy reads statements in: it lexes UTF-8, and in these the server reads
+ * every ASCII byte as that character. In SJIS, BIG5, GBK, UHC, GB18030 and JOHAB the second byte
+ * of a character can be ASCII (`\`, letters), so the server would read a text differently.
+ */
+const CLIENT_ENCODINGS = new Set(["UTF8", "SQL_ASCII"]);
 
 interface ErrorFields {
   readonly severity: "ERROR" | "FATAL";
@@ -246,7 +252,12 @@ interface RowShape {
 }
 
 type Pending =
-  | { readonly kind: "parse"; readonly refusal?: ShieldError }
+  | {
+      readonly kind: "parse";
+      readonly refusal?: ShieldError;
+      /** The statement this Parse (re)defines, and what the proxy held for it before. */
+      readonly statement?: { readonly name: string; readonly plan?: Plan; readonly shape?: RowShape };
+    }
   | { readonly kind: "bind" }
   | { readonly kind: "close" }
   | { readonly kind: "describe-statement"; readonly name: string }
@@ -334,6 +345,10 @@ class Session {
   #skipping = false;
   #queryShape: RowShape | undefined;
   #standardConformingStrings = true;
+  /** Queries and Syncs sent to the server and not yet answered with ReadyForQuery. */
+  #unsettled = 0;
+  /** An Execute went to the server since the last Sync: it may have changed a setting already. */
+  #executedInBatch = false;
 
   constructor(
     client: Socket,
@@ -517,6 +532,15 @@ class Session {
   }
 
   #plan(text: string): Plan {
+    // The server reports a changed client_encoding only at its next ReadyForQuery: until then a
+    // statement behind one may be read in another encoding, which only pure ASCII survives.
+    // eslint-disable-next-line no-control-regex -- everything beyond ASCII is the point
+    if ((this.#unsettled > 0 || this.#executedInBatch) && /[^\u0000-\u007f]/.test(text)) {
+      throw new ShieldError(
+        "ERR_PROXY_UNSAFE_STATEMENT",
+        "a statement with non-ASCII text sent before the server answered the one before it",
+      );
+    }
     return planStatement(text, this.#options.columns.schema, {
       standardConformingStrings: this.#standardConformingStrings,
       sealer: this.#crypto,
@@ -545,10 +569,12 @@ class Session {
           if (!isShieldError(error) || error.code !== "ERR_PROXY_UNSAFE_STATEMENT") throw error;
           this.#log("info", "pg proxy refused a statement", { code: error.code, reason: error.message });
           this.#pending.push({ kind: "query", refusal: error });
+          this.#unsettled++;
           this.#toServer(serialize.query(REFUSED_SQL));
           return;
         }
         this.#pending.push({ kind: "query" });
+        this.#unsettled++;
         this.#toServer(plan.untouched ? frame.raw : serialize.query(plan.text));
         return;
       }
@@ -562,9 +588,20 @@ class Session {
           this.#refuseExtended(error);
           return;
         }
+        // Kept until the server answers: a Parse it refuses (a named statement that exists, a
+        // type it does not know) leaves its own statement as it was, and so must the proxy.
+        const previous = this.#statements.get(parse.name);
+        const previousShape = this.#statementShapes.get(parse.name);
         this.#statements.set(parse.name, plan);
         this.#statementShapes.delete(parse.name);
-        this.#pending.push({ kind: "parse" });
+        this.#pending.push({
+          kind: "parse",
+          statement: {
+            name: parse.name,
+            ...(previous === undefined ? {} : { plan: previous }),
+            ...(previousShape === undefined ? {} : { shape: previousShape }),
+          },
+        });
         if (plan.untouched) {
           this.#toServer(frame.raw);
           return;
@@ -584,8 +621,15 @@ class Session {
             ? { shape: this.#statementShapes.get(bind.statement)! }
             : {}),
         });
+        if (plan === undefined) {
+          // Not one the proxy planned (e.g. made by an SQL PREPARE): its values cannot be sealed.
+          this.#refuseExtended(
+            new ShieldError("ERR_PROXY_UNSAFE_STATEMENT", "a Bind of a statement the proxy has not planned"),
+          );
+          return;
+        }
         this.#pending.push({ kind: "bind" });
-        if (plan === undefined || plan.untouched) {
+        if (plan.untouched) {
           this.#toServer(frame.raw);
           return;
         }
@@ -620,6 +664,7 @@ class Session {
           this.#toServer(serialize.describe({ type: "P", name: portal }));
         }
         this.#pending.push({ kind: "execute", portal });
+        this.#executedInBatch = true;
         this.#toServer(frame.raw);
         return;
       }
@@ -636,6 +681,8 @@ class Session {
       case "S":
         this.#skipping = false;
         this.#pending.push({ kind: "sync" });
+        this.#unsettled++;
+        this.#executedInBatch = false;
         this.#toServer(frame.raw);
         return;
       case "H":
@@ -651,6 +698,7 @@ class Session {
       case "F": {
         const error = new ShieldError("ERR_PROXY_UNSAFE_STATEMENT", "the fast-path function call interface");
         this.#pending.push({ kind: "query", refusal: error });
+        this.#unsettled++;
         this.#toServer(serialize.query(REFUSED_SQL));
         return;
       }
@@ -753,6 +801,12 @@ class Session {
         if (status.parameterName === "standard_conforming_strings") {
           this.#standardConformingStrings = status.parameterValue === "on";
         }
+        if (status.parameterName === "client_encoding" && !CLIENT_ENCODINGS.has(status.parameterValue)) {
+          throw new ShieldError(
+            "ERR_PROXY_PROTOCOL",
+            "the proxy reads statements in UTF8 only; set client_encoding to UTF8",
+          );
+        }
         this.#toClient(frame.raw);
         return;
       }
@@ -772,8 +826,27 @@ class Session {
           this.#toClient(frame.raw);
         }
         // An error in the extended protocol: the server skips to the next Sync, and so do we.
+        const undone: Pending[] = [];
         if (head !== undefined && head.kind !== "query" && head.kind !== "sync") {
-          while (this.#pending.length > 0 && this.#pending[0]!.kind !== "sync") this.#pending.shift();
+          while (this.#pending.length > 0 && this.#pending[0]!.kind !== "sync") {
+            undone.push(this.#pending.shift()!);
+          }
+        }
+        // Parses the server refused or skipped define nothing: latest first, each statement goes
+        // back to what the server still has.
+        for (const entry of undone.reverse()) {
+          if (entry.kind !== "parse" || entry.statement === undefined) continue;
+          const { name, plan, shape } = entry.statement;
+          // A refused Parse of the unnamed statement has dropped the one before it.
+          const dropped = entry === head && name === "";
+          if (dropped || plan === undefined) {
+            this.#statements.delete(name);
+            this.#statementShapes.delete(name);
+          } else {
+            this.#statements.set(name, plan);
+            if (shape === undefined) this.#statementShapes.delete(name);
+            else this.#statementShapes.set(name, shape);
+          }
         }
         return;
       }
@@ -852,6 +925,7 @@ class Session {
         return;
       case "Z":
         if (!greeting) {
+          this.#unsettled = Math.max(0, this.#unsettled - 1);
           while (this.#pending.length > 0) {
             const done = this.#pending.shift()!;
             if (done.kind === "sync" || done.kind === "query") break;

@@ -24,6 +24,7 @@
  * quoted identifiers with `""`; a `U&"..."` identifier (which could spell any name) makes the
  * statement count as touching a protected name, and with `standard_conforming_strings` off a
  * backslash in a plain string is refused, since the server would end that string elsewhere.
+ * Names longer than 63 bytes are cut as the server cuts them (NAMEDATALEN).
  */
 import { ShieldError } from "../../core/errors.js";
 
@@ -37,6 +38,8 @@ export interface Token {
   readonly end: number;
   /** For a string: true only for a plain `'...'` (no E, B, X, N, U& prefix, no dollar quoting). */
   readonly plain?: boolean;
+  /** For a plain or N string: it holds a backslash (read differently as standard_conforming_strings is set). */
+  readonly backslash?: boolean;
 }
 
 /** One protected column: its table, and the blind-index column beside it, if any. */
@@ -82,11 +85,28 @@ export function refused(reason: string): ShieldError {
 const OPERATOR_CHARS = new Set("+-*/<>=~!@#%^&|`?");
 const IDENT_START = /[A-Za-z_\u0080-\uffff]/;
 const IDENT_PART = /[A-Za-z0-9_$\u0080-\uffff]/;
-const NUMBER = /(?:0[xXoObB][0-9a-fA-F_]+|(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][+-]?\d+)?)/y;
+/**
+ * Numbers as PostgreSQL before 16 reads them: digits only, so `0x1f` and `1_000` are a number
+ * and then a name. Version 16 reads those as one number and rejects a number run into a name,
+ * so this reading never misses a name either version sees.
+ */
+const NUMBER = /(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?/y;
+/** The most parameters a Bind can carry (its count is an int16). */
+const MAX_PARAMETER = 65_535;
 const DOLLAR_TAG = /\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$/y;
 
 /** The tokens of `sql`, comments and whitespace dropped. */
 export function tokenize(sql: string, options: { standardConformingStrings: boolean }): Token[] {
+  return lex(sql, options.standardConformingStrings, true);
+}
+
+/**
+ * The tokens as a server with `standardConformingStrings` reads them. `refuseBackslashes`: with
+ * it off, a backslash in an ordinary string is refused (the proxy's own reading) rather than
+ * read as an escape (what such a server does, for comparing the two readings).
+ */
+function lex(sql: string, standardConformingStrings: boolean, refuseBackslashes: boolean): Token[] {
+  const options = { standardConformingStrings };
   const tokens: Token[] = [];
   let i = 0;
   const at = (offset: number): string => sql[i + offset] ?? "";
@@ -97,8 +117,10 @@ export function tokenize(sql: string, options: { standardConformingStrings: bool
       continue;
     }
     if (c === "-" && at(1) === "-") {
-      const end = sql.indexOf("\n", i);
-      i = end === -1 ? sql.length : end + 1;
+      // scan.l: a `--` comment runs to the next newline, and a newline is \n or \r.
+      let end = i + 2;
+      while (end < sql.length && sql[end] !== "\n" && sql[end] !== "\r") end++;
+      i = end;
       continue;
     }
     if (c === "/" && at(1) === "*") {
@@ -120,26 +142,39 @@ export function tokenize(sql: string, options: { standardConformingStrings: bool
           continue;
         }
       } else {
-        const escapes = prefix === "e" || prefix === "E";
+        // N'...' is NCHAR followed by an ordinary string: its backslashes are escapes exactly
+        // when a plain string's are (standard_conforming_strings off).
+        const national = prefix === "n" || prefix === "N";
+        const escapes = prefix === "e" || prefix === "E" || (national && !options.standardConformingStrings);
         const end = scanQuoted(sql, i + prefix.length, "'", escapes);
-        tokens.push({ kind: "string", value: sql.slice(start, end), start, end, plain: false });
+        const backslash = national && sql.slice(start, end).includes("\\");
+        if (backslash && !options.standardConformingStrings && refuseBackslashes) {
+          throw refused("a backslash in a string literal while standard_conforming_strings is off");
+        }
+        tokens.push({ kind: "string", value: sql.slice(start, end), start, end, plain: false, backslash });
         i = end;
         continue;
       }
     }
     if (c === "'") {
-      const end = scanQuoted(sql, i, "'", false);
+      const end = scanQuoted(sql, i, "'", !options.standardConformingStrings && !refuseBackslashes);
       const body = sql.slice(i + 1, end - 1);
-      if (!options.standardConformingStrings && body.includes("\\")) {
-        throw refused("a backslash in a string literal while standard_conforming_strings is off");
+      const backslash = body.includes("\\");
+      if (!options.standardConformingStrings && backslash) {
+        if (refuseBackslashes) {
+          throw refused("a backslash in a string literal while standard_conforming_strings is off");
+        }
+        tokens.push({ kind: "string", value: sql.slice(start, end), start, end, plain: false, backslash });
+        i = end;
+        continue;
       }
-      tokens.push({ kind: "string", value: body.replace(/''/g, "'"), start, end, plain: true });
+      tokens.push({ kind: "string", value: body.replace(/''/g, "'"), start, end, plain: true, backslash });
       i = end;
       continue;
     }
     if (c === '"') {
       const end = scanQuoted(sql, i, '"', false);
-      const name = sql.slice(i + 1, end - 1).replace(/""/g, '"');
+      const name = truncateIdentifier(sql.slice(i + 1, end - 1).replace(/""/g, '"'));
       tokens.push({ kind: "quoted", value: name, start, end });
       i = end;
       continue;
@@ -147,6 +182,9 @@ export function tokenize(sql: string, options: { standardConformingStrings: bool
     if (c === "$") {
       const param = /^\$(\d+)/.exec(sql.slice(i, i + 12));
       if (param !== null) {
+        if (param[1]!.length > 5 || Number(param[1]) > MAX_PARAMETER || Number(param[1]) === 0) {
+          throw refused(`a parameter number beyond $${MAX_PARAMETER}`);
+        }
         tokens.push({ kind: "param", value: param[1]!, start, end: i + param[0].length });
         i += param[0].length;
         continue;
@@ -173,7 +211,7 @@ export function tokenize(sql: string, options: { standardConformingStrings: bool
     if (IDENT_START.test(c)) {
       let end = i + 1;
       while (end < sql.length && IDENT_PART.test(sql[end]!)) end++;
-      const word = sql.slice(i, end).replace(/[A-Z]/g, (letter) => letter.toLowerCase());
+      const word = truncateIdentifier(sql.slice(i, end).replace(/[A-Z]/g, (letter) => letter.toLowerCase()));
       tokens.push({ kind: "ident", value: word, start, end });
       i = end;
       continue;
@@ -207,6 +245,23 @@ export function tokenize(sql: string, options: { standardConformingStrings: bool
     );
   }
   return tokens;
+}
+
+/** NAMEDATALEN - 1: the server cuts longer names (quoted or not) to this many bytes. */
+const MAX_IDENTIFIER_BYTES = 63;
+
+/** A name as the server keeps it: cut to 63 bytes of UTF-8, at a character boundary. */
+function truncateIdentifier(name: string): string {
+  if (Buffer.byteLength(name, "utf8") <= MAX_IDENTIFIER_BYTES) return name;
+  let kept = "";
+  let bytes = 0;
+  for (const character of name) {
+    const size = Buffer.byteLength(character, "utf8");
+    if (bytes + size > MAX_IDENTIFIER_BYTES) break;
+    kept += character;
+    bytes += size;
+  }
+  return kept;
 }
 
 function skipBlockComment(sql: string, from: number): number {
@@ -286,11 +341,14 @@ export function planStatement(
   options: { standardConformingStrings: boolean; sealer?: LiteralSealer },
 ): Plan {
   const tokens = tokenize(sql, options);
+  const names = protectedNames(schema);
+  if (options.standardConformingStrings && tokens.some((token) => token.backslash === true)) {
+    refuseIfReadElsewhere(sql, tokens, names);
+  }
   let originalParameters = 0;
   for (const token of tokens) {
     if (token.kind === "param") originalParameters = Math.max(originalParameters, Number(token.value));
   }
-  const names = protectedNames(schema);
   const edits: Edit[] = [];
   const parameters = new Map<number, ParameterRule>();
   const appended: ParameterRule[] = [];
@@ -328,6 +386,39 @@ export function planStatement(
   return { untouched: false, text, parameters: rules, originalParameters };
 }
 
+/**
+ * The proxy knows standard_conforming_strings only from the server's last ParameterStatus; a
+ * statement pipelined behind a `SET` (or a `set_config()`, or a rollback) reaches a server on
+ * which it may already be off, and the server reports the change only at its next ReadyForQuery.
+ * A text whose strings end elsewhere with it off is therefore refused when either reading names
+ * a protected table or column. A text that does not lex with it off would fail on such a server,
+ * whole (a simple query is parsed before any of it runs).
+ */
+function refuseIfReadElsewhere(sql: string, tokens: readonly Token[], names: ReadonlySet<string>): void {
+  let other: Token[];
+  try {
+    other = lex(sql, false, false);
+  } catch (error) {
+    if (error instanceof ShieldError && error.code === "ERR_PROXY_UNSAFE_STATEMENT") return;
+    throw error;
+  }
+  const same =
+    other.length === tokens.length &&
+    other.every(
+      (token, i) =>
+        token.kind === tokens[i]!.kind && token.start === tokens[i]!.start && token.end === tokens[i]!.end,
+    );
+  if (!same && (touchesProtected(tokens, names) || touchesProtected(other, names))) {
+    throw refused(
+      "a backslash in a string literal that ends elsewhere when standard_conforming_strings is off, in a statement that may name a protected table",
+    );
+  }
+}
+
+function touchesProtected(tokens: readonly Token[], names: ReadonlySet<string>): boolean {
+  return tokens.some((token) => token.kind === "unicode-ident" || (isName(token) && names.has(token.value)));
+}
+
 function protectedNames(schema: ProtectedSchema): Set<string> {
   const names = new Set<string>();
   for (const [table, columns] of schema.tables) {
@@ -362,11 +453,23 @@ function planOne(
   names: ReadonlySet<string>,
   state: PlanState,
 ): void {
+  const head = tokens[0]!;
+  // Code the server runs from a string: its names are out of the proxy's sight (and may be
+  // put together at run time), so it is refused whatever it names.
+  const creates = isWord(head, "create")
+    ? isWord(tokens[1], "or") && isWord(tokens[2], "replace")
+      ? 3
+      : 1
+    : 0;
+  if (isWord(head, "do") || (creates > 0 && isWord(tokens[creates], "function", "procedure"))) {
+    throw refused(
+      `${isWord(head, "do") ? "DO" : `CREATE ${tokens[creates]!.value.toUpperCase()}`}: code in a string, which the proxy cannot read`,
+    );
+  }
   const touches = tokens.some(
     (token) => token.kind === "unicode-ident" || (isName(token) && names.has(token.value)),
   );
   if (!touches) return;
-  const head = tokens[0]!;
   if (tokens.some((token) => token.kind === "unicode-ident")) {
     throw refused('a U&"..." identifier in a statement that may name a protected table');
   }

@@ -470,7 +470,44 @@ const apiCases: ApiCase[] = [
     code: "unknown-version",
     input: () => send("GET", "/keys/orders?version=0123456789abcdef"),
   },
+  {
+    name: "metrics without the bearer token",
+    status: 401,
+    code: "unauthorized",
+    input: () => send("GET", "/metrics", undefined, {}, { token: null }),
+  },
+  {
+    name: "status with a wrong bearer token",
+    status: 401,
+    code: "unauthorized",
+    input: () => send("GET", "/status", undefined, {}, { token: randomBytes(32).toString("base64url") }),
+  },
+  {
+    name: "metrics through a rebound DNS name",
+    status: 421,
+    code: "misdirected",
+    input: () => send("GET", "/metrics", undefined, {}, { host: "evil.example:8280" }),
+  },
   // encryption API
+  {
+    name: "encrypt under a path-trick key name",
+    status: 404,
+    code: "unknown-key",
+    input: () => post("/v1/encrypt/..%2Forders", { plaintext: base64("x") }),
+  },
+  {
+    name: "decrypt without the bearer token",
+    status: 401,
+    code: "unauthorized",
+    input: async () =>
+      send(
+        "POST",
+        "/v1/decrypt/orders",
+        JSON.stringify({ ciphertext: await ciphertext() }),
+        {},
+        { token: null },
+      ),
+  },
   {
     name: "encrypt with a body that is not JSON",
     status: 400,

@@ -15,17 +15,20 @@ import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import pg from "pg";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { serialize } from "pg-protocol";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import { Secret } from "../../agent/config.js";
 import { KeyOperations } from "../../agent/encryption.js";
 import { HeldKeys } from "../../agent/held-keys.js";
 import { parseProxyColumns } from "../../agent/pg-proxy/columns.js";
 import { startPgProxy, type PgProxy, type PgProxyAgent } from "../../agent/pg-proxy/proxy.js";
 import { readPgProxySettings, resolvePgProxySettings } from "../../agent/pg-proxy/settings.js";
+import { FrameReader, type Frame } from "../../agent/pg-proxy/wire.js";
 import {
   databasePoolConfig,
   parseDatabaseSettings,
@@ -80,6 +83,76 @@ async function app(): Promise<pg.Client> {
   await client.connect();
   clients.push(client);
   return client;
+}
+
+/** A Query message for raw bytes (pg would encode the text as UTF-8 and never pipeline). */
+function queryMessage(text: string | Buffer): Buffer {
+  const body = Buffer.concat([typeof text === "string" ? Buffer.from(text, "utf8") : text, Buffer.from([0])]);
+  const head = Buffer.alloc(5);
+  head.write("Q", 0, "latin1");
+  head.writeInt32BE(body.length + 4, 1);
+  return Buffer.concat([head, body]);
+}
+
+/** The SQLSTATE and DETAIL of every ErrorResponse among `frames`. */
+function errorsOf(frames: readonly Frame[]): { code: string; detail: string }[] {
+  return frames
+    .filter((frame) => frame.type === "E")
+    .map((frame) => {
+      const fields = new Map<string, string>();
+      for (const field of frame.body.toString("latin1").split("\0")) {
+        if (field.length > 0) fields.set(field[0]!, field.slice(1));
+      }
+      return { code: fields.get("C") ?? "", detail: fields.get("D") ?? "" };
+    });
+}
+
+/** A logged-in connection to the proxy on a bare socket, for what a driver would not send. */
+async function rawSession(): Promise<{
+  exchange(bytes: Buffer, ready: number): Promise<Frame[]>;
+  end(): void;
+}> {
+  const socket = connect(proxy.port, "127.0.0.1");
+  socket.on("error", () => undefined);
+  const reader = new FrameReader();
+  let frames: Frame[] = [];
+  let closed = false;
+  let wake = (): void => undefined;
+  socket.on("data", (chunk: Buffer) => {
+    frames.push(...reader.push(chunk));
+    wake();
+  });
+  socket.on("close", () => {
+    closed = true;
+    wake();
+  });
+  const until = (done: () => boolean): Promise<Frame[]> =>
+    new Promise((resolve) => {
+      const check = (): void => {
+        if (!done() && !closed) return;
+        const got = frames;
+        frames = [];
+        resolve(got);
+      };
+      wake = check;
+      check();
+    });
+  const readies = (count: number) => () => frames.filter((frame) => frame.type === "Z").length >= count;
+  await new Promise<void>((resolve) => socket.once("connect", () => resolve()));
+  socket.write(serialize.startup({ user: "postgres", database: "orders" }));
+  await until(() => frames.some((frame) => frame.type === "R"));
+  socket.write(serialize.password(APP_PASSWORD));
+  const greeting = await until(readies(1));
+  if (!greeting.some((frame) => frame.type === "Z")) throw new Error("the raw session did not open");
+  return {
+    exchange(bytes, ready) {
+      socket.write(bytes);
+      return until(readies(ready));
+    },
+    end() {
+      socket.destroy();
+    },
+  };
 }
 
 /** Everything the operator sees, as one string per encoding the checks search. */
@@ -470,6 +543,206 @@ describe("pg proxy: an unmodified client", () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+
+  it("a hostile application cannot get plaintext past the classifier by lexing tricks", async () => {
+    // Each text is one the server reads as an INSERT of a plaintext value into a protected
+    // column; the proxy must encrypt it or refuse it, never pass it on as it is.
+    const before = await rawTable();
+    const client = await app();
+    onTestFinished(() =>
+      operator.query("DELETE FROM orders WHERE id BETWEEN 60 AND 69").then(() => undefined),
+    );
+    const smuggled = [
+      // A `--` comment ends at a carriage return too (scan.l: newline is [\n\r]).
+      [
+        "SELECT 1 --\r; INSERT INTO orders (id, customer_email) VALUES (60, 'cr.comment@smuggle.example')",
+        [],
+      ],
+      ["--\rINSERT INTO orders (id, customer_email) VALUES ($1, $2)", [61, "cr.param@smuggle.example"]],
+    ] as const;
+    for (const [text, values] of smuggled) {
+      // Planned as PostgreSQL reads it: the INSERT is seen, and its value sealed.
+      await (values.length > 0 ? client.query(text, [...values]) : client.query(text));
+    }
+    const sealed = await operator.query("SELECT customer_email FROM orders WHERE id IN (60, 61) ORDER BY id");
+    expect(sealed.rows).toHaveLength(2);
+    for (const row of sealed.rows as { customer_email: string }[]) {
+      expect(row.customer_email).toMatch(/^shield:v1:v\d+:[A-Za-z0-9_-]+$/);
+    }
+    await expectNoPlaintext(["cr.comment@smuggle.example", "cr.param@smuggle.example"]);
+    await operator.query("DELETE FROM orders WHERE id IN (60, 61)");
+    // With standard_conforming_strings off, N'...' is an escape string as '...' is.
+    await client.query("SET standard_conforming_strings = off");
+    await expect(
+      client.query(
+        "SELECT N'\\' ' ; INSERT INTO orders (id, customer_email) VALUES (62, $$nchar@smuggle.example$$) -- '",
+      ),
+    ).rejects.toMatchObject({ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" });
+    await client.query("RESET standard_conforming_strings");
+    // Code in a string: a DO block or a function body the server runs, names and all.
+    for (const text of [
+      "DO $$BEGIN INSERT INTO orders (id, customer_email) VALUES (63, 'do.block@smuggle.example'); END$$",
+      "CREATE FUNCTION smuggle(e text) RETURNS void LANGUAGE sql AS 'INSERT INTO orders (id, customer_email) VALUES (64, e)'",
+      "create or replace procedure smuggle() language plpgsql as $x$ begin execute 'insert into ord' || 'ers (id) values (65)'; end $x$",
+    ]) {
+      await expect(client.query(text), text).rejects.toMatchObject({
+        code: "0A000",
+        detail: "ERR_PROXY_UNSAFE_STATEMENT",
+      });
+    }
+    expect(await rawTable()).toEqual(before);
+    await expectNoPlaintext([
+      "do.block@smuggle.example",
+      "cr.comment@smuggle.example",
+      "cr.param@smuggle.example",
+      "nchar@smuggle.example",
+    ]);
+  });
+
+  it("a pipelined setting change does not change how the proxy reads the next statement", async () => {
+    const before = await rawTable();
+    onTestFinished(() =>
+      operator.query("DELETE FROM orders WHERE id BETWEEN 60 AND 69").then(() => undefined),
+    );
+    // standard_conforming_strings off, then at once (before the server's ParameterStatus can
+    // reach the proxy) a text that reads as a SELECT with it on and as an INSERT with it off.
+    const scs = await rawSession();
+    const answers = await scs.exchange(
+      Buffer.concat([
+        queryMessage("SET standard_conforming_strings = off"),
+        queryMessage(
+          "SELECT 'x\\' , ' ; INSERT INTO orders (id, customer_email) VALUES (63, $$pipelined@smuggle.example$$) -- '",
+        ),
+      ]),
+      2,
+    );
+    expect(errorsOf(answers)).toEqual([{ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" }]);
+    scs.end();
+    // A client encoding whose second bytes can be ASCII: in SJIS, 0x95 0x5C is one character,
+    // so the backslash the proxy would read as an escape is not one.
+    const sjisText = (id: number) =>
+      queryMessage(
+        Buffer.concat([
+          Buffer.from("SELECT E'"),
+          Buffer.from([0x95, 0x5c]),
+          Buffer.from(
+            `' ; INSERT INTO orders (id, customer_email) VALUES (${id}, $$sjis@smuggle.example$$) -- '`,
+          ),
+        ]),
+      );
+    // Pipelined: the statement reaches the server before its ParameterStatus reaches the proxy.
+    const pipelined = await rawSession();
+    const pipelinedAnswers = await pipelined.exchange(
+      Buffer.concat([queryMessage("SET client_encoding = 'SJIS'"), sjisText(64)]),
+      2,
+    );
+    // The session ends at the ParameterStatus; the statement behind it was refused already.
+    expect(errorsOf(pipelinedAnswers)).toEqual([{ code: "08P01", detail: "ERR_PROXY_PROTOCOL" }]);
+    expect(await operator.query("SELECT 1 FROM orders WHERE id = 64")).toMatchObject({ rowCount: 0 });
+    pipelined.end();
+    // The same in one extended-protocol batch: the server reports the change only at its
+    // ReadyForQuery, after the Parse behind the Execute has been read in SJIS (one statement:
+    // the INSERT in a WITH).
+    const batch = await rawSession();
+    const sjisParse = Buffer.concat([
+      Buffer.from("WITH x AS (SELECT E'"),
+      Buffer.from([0x95, 0x5c]),
+      Buffer.from(
+        "'), y AS (INSERT INTO orders (id, customer_email) VALUES (66, $$sjis@smuggle.example$$) RETURNING 1) SELECT 1 -- '",
+      ),
+    ]);
+    const parseBody = Buffer.concat([Buffer.from([0]), sjisParse, Buffer.from([0, 0, 0])]);
+    const parseHead = Buffer.alloc(5);
+    parseHead.write("P", 0, "latin1");
+    parseHead.writeInt32BE(parseBody.length + 4, 1);
+    await batch.exchange(
+      Buffer.concat([
+        serialize.parse({ text: "SET client_encoding = 'SJIS'" }),
+        serialize.bind({}),
+        serialize.execute({}),
+        parseHead,
+        parseBody,
+        serialize.bind({}),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    batch.end();
+    expect(await operator.query("SELECT 1 FROM orders WHERE id = 66")).toMatchObject({ rowCount: 0 });
+    // One after the other: the session ends once the server reports the encoding.
+    const sequential = await rawSession();
+    const set = await sequential.exchange(queryMessage("SET client_encoding = 'SJIS'"), 1);
+    expect(errorsOf(set)).toEqual([{ code: "08P01", detail: "ERR_PROXY_PROTOCOL" }]);
+    await sequential.exchange(sjisText(65), 1);
+    sequential.end();
+    expect(await operator.query("SELECT 1 FROM orders WHERE id = 65")).toMatchObject({ rowCount: 0 });
+    expect(await rawTable()).toEqual(before);
+    await expectNoPlaintext(["pipelined@smuggle.example", "sjis@smuggle.example"]);
+  });
+
+  it("a statement name reused in a Parse the server refuses keeps the plan the server keeps", async () => {
+    onTestFinished(() =>
+      operator.query("DELETE FROM orders WHERE id BETWEEN 60 AND 69").then(() => undefined),
+    );
+    const session = await rawSession();
+    const insert = "INSERT INTO orders (id, customer_name) VALUES ($1, $2)";
+    // `s` is the proxy's INSERT (the name encrypted); a second Parse of `s` fails on the server
+    // (it exists), so the Bind after it runs the INSERT, and must still be sealed.
+    await session.exchange(
+      Buffer.concat([serialize.parse({ name: "s", text: insert }), serialize.sync()]),
+      1,
+    );
+    const reuse = await session.exchange(
+      Buffer.concat([serialize.parse({ name: "s", text: "SELECT $1::int, $2::text" }), serialize.sync()]),
+      1,
+    );
+    expect(errorsOf(reuse).map((error) => error.code)).toEqual(["42P05"]);
+    await session.exchange(
+      Buffer.concat([
+        serialize.bind({ statement: "s", values: ["67", "Reused Name"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    // A Parse the server skips (an error before it in the batch) defines nothing either.
+    const skipped = await session.exchange(
+      Buffer.concat([
+        serialize.execute({ portal: "no-such-portal" }),
+        serialize.parse({ name: "s", text: "SELECT $1::int, $2::text" }),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    expect(errorsOf(skipped).map((error) => error.code)).toEqual(["34000"]);
+    await session.exchange(
+      Buffer.concat([
+        serialize.bind({ statement: "s", values: ["68", "Skipped Name"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    // A statement the proxy never planned (an SQL PREPARE) is not bound with values as they are.
+    await session.exchange(queryMessage("PREPARE q AS SELECT $1::text"), 1);
+    const unplanned = await session.exchange(
+      Buffer.concat([
+        serialize.bind({ statement: "q", values: ["x"] }),
+        serialize.execute({}),
+        serialize.sync(),
+      ]),
+      1,
+    );
+    expect(errorsOf(unplanned)).toEqual([{ code: "0A000", detail: "ERR_PROXY_UNSAFE_STATEMENT" }]);
+    session.end();
+    const stored = await operator.query("SELECT customer_name FROM orders WHERE id IN (67, 68)");
+    for (const row of stored.rows as { customer_name: string }[]) {
+      expect(row.customer_name).toMatch(/^shield:v1:/);
+    }
+    expect(stored.rows).toHaveLength(2);
+    await expectNoPlaintext(["Reused Name", "Skipped Name"]);
   });
 
   it("on revocation, ends open connections at once and refuses new ones", async () => {

@@ -155,6 +155,10 @@ describe("pg proxy sql: refusals", () => {
     ["SELECT * FROM ORDERS WHERE EMAIL LIKE $1", /LIKE/],
     ["SELECT * FROM orders WHERE/**/email/*x*/LIKE/**/$1", /LIKE/],
     ['select U&"\\0065mail" from orders', /U&/],
+    ["DO $$BEGIN INSERT INTO orders (email) VALUES ('x'); END$$", /DO: code in a string/],
+    ["do 'begin perform 1; end'", /DO: code in a string/],
+    ["CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'DELETE FROM audit'", /CREATE FUNCTION/],
+    ["create or replace procedure p() language plpgsql as $b$ begin null; end $b$", /CREATE PROCEDURE/],
   ])("%s", (sql, reason) => {
     expect(refusal(sql)).toMatch(reason);
   });
@@ -188,6 +192,65 @@ describe("pg proxy sql: refusals", () => {
       'quoted:we"ird',
       "ident:x",
     ]);
+  });
+});
+
+describe("pg proxy sql: texts that lex one way for a naive reader and another for the server", () => {
+  it("a `--` comment ends at a carriage return as at a line feed", () => {
+    // scan.l: newline is [\n\r]; what follows the CR is SQL the server runs.
+    const planned = plan("SELECT 1 --\r; INSERT INTO orders (name) VALUES ('plain')");
+    expect(planned.untouched).toBe(false);
+    expect(planned.text).toBe("SELECT 1 --\r; INSERT INTO orders (name) VALUES ('enc:name:5')");
+    expect(refusal("--\rSELECT * FROM orders WHERE email LIKE $1")).toMatch(/LIKE/);
+    expect(plan("SELECT 1 -- orders.email\n").untouched).toBe(true);
+  });
+
+  it("with standard_conforming_strings off, N'...' is an escape string, as '...' is", () => {
+    expect(refusal("SELECT N'\\' ' ; INSERT INTO orders (name) VALUES ($$plain$$) -- '", false)).toMatch(
+      /standard_conforming/,
+    );
+    expect(() => plan("SELECT N'a\\b' FROM audit", true)).not.toThrow();
+  });
+
+  it("a string that would end elsewhere with standard_conforming_strings off is refused near a protected name", () => {
+    // A SET pipelined before it reaches the server first; the proxy still believes it on.
+    expect(refusal("SELECT 'x\\' , ' ; INSERT INTO orders (name) VALUES ($$plain$$) -- '")).toMatch(
+      /ends elsewhere/,
+    );
+    expect(refusal("SELECT 'x\\' , ' ; INSERT INTO audit (what) SELECT name FROM orders -- '")).toMatch(
+      /ends elsewhere/,
+    );
+    // Read the same either way, or naming nothing protected: planned as before.
+    expect(plan("SELECT id FROM orders WHERE note = 'a\\b'").untouched).toBe(true);
+    expect(plan("SELECT 'C:\\' FROM audit").untouched).toBe(true);
+    expect(plan("SELECT 'x\\' , ' ; SELECT 1 -- ' FROM audit").untouched).toBe(true);
+  });
+
+  it("numbers are read as servers before 16 read them: `0x1f` and `1_x` are a number and a name", () => {
+    const schema = parseProxyColumns({ key: "k", columns: { "t.x1f": {}, "t._secret": {} } }).schema;
+    const planT = (sql: string) => planStatement(sql, schema, { standardConformingStrings: true, sealer });
+    expect(() => planT("SELECT 0x1f FROM t")).toThrow(/expression/);
+    expect(() => planT("SELECT 1_secret FROM t")).toThrow(/expression/);
+    expect(planT("SELECT 1.5e3, .5 FROM t").untouched).toBe(true);
+  });
+
+  it("a parameter number no Bind can reach is refused, not planned", () => {
+    // The plan holds a rule per parameter up to the highest: $99999999999 would never end.
+    for (const n of ["65536", "99999", "0"]) {
+      expect(refusal(`SELECT name FROM orders WHERE email = $1 AND id = $${n}`)).toMatch(/parameter number/);
+    }
+    expect(plan("SELECT name FROM orders WHERE email = $1 AND id = $65535").parameters).toHaveLength(65_535);
+  });
+
+  it("names longer than 63 bytes are cut as the server cuts them", () => {
+    const long = "c".repeat(63);
+    const schema = parseProxyColumns({ key: "k", columns: { [`t.${long}`]: {} } }).schema;
+    const planLong = (sql: string) => planStatement(sql, schema, { standardConformingStrings: true, sealer });
+    expect(planLong(`INSERT INTO t (${long}_and_more) VALUES ('plain')`).text).toBe(
+      `INSERT INTO t (${long}_and_more) VALUES ('enc:${long}:5')`,
+    );
+    expect(() => planLong(`SELECT * FROM t WHERE "${long}xyz" LIKE $1`)).toThrow(/LIKE/);
+    expect(() => planLong(`SELECT lower(${long}é) FROM t`)).toThrow(/expression/);
   });
 });
 
