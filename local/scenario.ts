@@ -37,6 +37,21 @@ export const DEMO_STEPS = [
 export const NEW_HOST_DATA = "6e".repeat(32);
 export const UNKNOWN_HOST_DATA = "ee".repeat(32);
 
+/** Posts a deployment body to the running system's webhook, signed as a pipeline signs it. */
+export async function postSignedDeployment(system: LocalSystem, body: string): Promise<Response> {
+  const timestamp = String(Math.floor(Date.now() / 1000));
+  return await fetch(`${system.host.url}/api/deployments`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      [TIMESTAMP_HEADER]: timestamp,
+      [DELIVERY_HEADER]: randomUUID(),
+      [SIGNATURE_HEADER]: webhookSignature(system.deploySecret, timestamp, Buffer.from(body)),
+    },
+    body,
+  });
+}
+
 export interface StepResult {
   readonly name: string;
   readonly ok: boolean;
@@ -123,17 +138,7 @@ export async function runDemoScenario(
       add: [{ tee: "sevsnp", hostData: NEW_HOST_DATA }],
       graceSeconds: 60,
     });
-    const timestamp = String(Math.floor(Date.now() / 1000));
-    const response = await fetch(`${system.host.url}/api/deployments`, {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        [TIMESTAMP_HEADER]: timestamp,
-        [DELIVERY_HEADER]: randomUUID(),
-        [SIGNATURE_HEADER]: webhookSignature(system.deploySecret, timestamp, Buffer.from(body)),
-      },
-      body,
-    });
+    const response = await postSignedDeployment(system, body);
     const answer = (await response.json()) as { deploymentId?: string; id?: string };
     if (response.status !== 202)
       throw new Error(`webhook answered ${response.status}: ${JSON.stringify(answer)}`);

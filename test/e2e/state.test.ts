@@ -12,18 +12,13 @@
  */
 import { TableClient } from "@azure/data-tables";
 import { execFile, spawn } from "node:child_process";
-import { createHash, randomBytes, randomUUID } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { cp, mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  DELIVERY_HEADER,
-  SIGNATURE_HEADER,
-  TIMESTAMP_HEADER,
-  webhookSignature,
-} from "../../core/deploy/authenticate.js";
+import { postSignedDeployment } from "../../local/scenario.js";
 import { CONTROL_KEY_NAME } from "../../local/stack.js";
 import {
   DEMO_KEY,
@@ -109,20 +104,6 @@ async function snapshot(system: LocalSystem) {
   };
 }
 
-async function signedDeployment(system: LocalSystem, body: string): Promise<Response> {
-  const timestamp = String(Math.floor(Date.now() / 1000));
-  return await fetch(`${system.host.url}/api/deployments`, {
-    method: "POST",
-    headers: {
-      "content-type": "application/json",
-      [TIMESTAMP_HEADER]: timestamp,
-      [DELIVERY_HEADER]: randomUUID(),
-      [SIGNATURE_HEADER]: webhookSignature(system.deploySecret, timestamp, Buffer.from(body)),
-    },
-    body,
-  });
-}
-
 describe("npm start --state DIR", () => {
   it("keeps every record, key, policy, rollout and audit entry across a restart; refuses a tampered state", async () => {
     const dir = await mkdtemp(join(tmpdir(), "shield-state-test-"));
@@ -142,7 +123,7 @@ describe("npm start --state DIR", () => {
       expiryTime: "P90D",
     });
 
-    const deployment = await signedDeployment(
+    const deployment = await postSignedDeployment(
       first,
       JSON.stringify({
         keys: [DEMO_KEY],
